@@ -38,12 +38,12 @@ def check_input(
     - `in_channels`: the channel count the input must have, or `None` for any.
     - `in_spatial_shape`: the spatial shape the input must have, or `None` for any.
     """
-    shape: tuple[int, ...] = tuple(getattr(x, "shape", ()))
     expected = _expected_shape(in_channels, num_spatial_dims)
     if not hasattr(x, "dtype") or not hasattr(x, "shape"):
         raise TypeError(
             f"{where} expected an array of shape {expected}, got {type(x).__name__}."
         )
+    shape = tuple(int(size) for size in x.shape)
     if len(shape) != num_spatial_dims + 1:
         hint = ""
         if len(shape) == num_spatial_dims + 2:

@@ -5,6 +5,7 @@ from collections.abc import Sequence
 from typing import Any, TypedDict
 
 import equinox as eqx
+import numpy as np
 from jaxtyping import Array, Inexact, PRNGKeyArray
 from typing_extensions import Unpack
 
@@ -159,7 +160,7 @@ class Conv(eqx.Module):
     @checked_call
     def __call__(
         self,
-        x: Inexact[Array, " {self.in_channels} *spatial"],
+        x: Inexact[Array | np.ndarray, " {self.in_channels} *spatial"],
         *,
         key: PRNGKeyArray | None = None,
     ) -> Inexact[Array, " {self.out_channels} *out_spatial"]:

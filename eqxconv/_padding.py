@@ -275,3 +275,102 @@ def spatial_output_shape(
             f"(kernel_size={tuple(kernel_size)}, dilation={tuple(dilation)})."
         )
     return out
+
+
+def check_output_padding(
+    output_padding: int | Sequence[int],
+    num_spatial_dims: int,
+    stride: Sequence[int],
+    dilation: Sequence[int],
+    padding: Padding,
+) -> tuple[int, ...]:
+    """Validate a transposed convolution's `output_padding` against its configuration.
+
+    PyTorch's rule: `output_padding < max(stride, dilation)` in every dimension. With
+    `'SAME'`/`'SAME_LOWER'` padding the output size is `in * stride - output_padding`,
+    which is only ambiguous up to the stride, so there `output_padding < stride`.
+
+    **Returns:**
+
+    `output_padding` as a tuple of `num_spatial_dims` non-negative ints.
+    """
+    values = to_tuple(output_padding, num_spatial_dims, "output_padding", minimum=0)
+    same = padding in ("SAME", "SAME_LOWER")
+    for i, (a, s, d) in enumerate(zip(values, stride, dilation)):
+        limit = s if same else max(s, d)
+        if a >= limit:
+            rule = (
+                f"`stride` (={s}) with padding={padding!r}"
+                if same
+                else f"max(stride, dilation) (=max({s}, {d}))"
+            )
+            raise ValueError(
+                f"`output_padding` must be smaller than {rule} in every dimension; got "
+                f"output_padding={output_padding!r}, {a} in dimension {i}."
+            )
+    return values
+
+
+def conv_transpose_geometry(
+    in_spatial_shape: Sequence[int],
+    padding: Padding,
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    dilation: Sequence[int],
+    output_padding: Sequence[int],
+) -> tuple[tuple[int, ...], PaddingPairs, tuple[int, ...]]:
+    """The arithmetic of a transposed convolution, pure Python.
+
+    A transposed convolution taking spatial shape `m` returns the spatial shape `n`
+    that the equivalent forward convolution (same kernel size, stride, padding,
+    dilation) maps back onto `m`, `output_padding` choosing among the candidates:
+    `n = (m - 1) * stride + dilation * (kernel - 1) + 1 - low - high + output_padding`
+    for explicit `(low, high)` padding (`'VALID'` and `'CAUSAL'` included), and
+    `n = m * stride - output_padding` for `'SAME'`/`'SAME_LOWER'`.
+
+    **Arguments:**
+
+    - `in_spatial_shape`: the transposed convolution's input spatial shape `m`.
+    - `padding`: normalised padding, as [`normalise_padding`][] returns it.
+    - `kernel_size`, `stride`, `dilation`, `output_padding`: tuples of ints.
+
+    **Returns:**
+
+    `(out_spatial_shape, pairs, extra)`: the output shape `n`; the forward
+    convolution's explicit `(low, high)` padding on an input of shape `n`; and per
+    dimension `extra = n + low + high - ((m - 1) * stride + extent)` (`>= 0`), how far
+    the padded domain extends beyond the last window.
+
+    **Raises:**
+
+    `ValueError` if the output would be empty.
+    """
+    out = []
+    pairs = []
+    extra = []
+    for i, (m, k, s, d, a) in enumerate(
+        zip(in_spatial_shape, kernel_size, stride, dilation, output_padding)
+    ):
+        extent = dilated_size(k, d)
+        full = (m - 1) * s + extent
+        if not isinstance(padding, str):
+            low, high = padding[i]
+            n = full - low - high + a
+        elif padding in ("SAME", "SAME_LOWER"):
+            n = m * s - a
+            ((low, high),) = resolve_padding(padding, (n,), (k,), (s,), (d,))
+        else:
+            ((low, high),) = resolve_padding(padding, (1,), (k,), (s,), (d,))
+            n = full - low - high + a
+        out.append(n)
+        pairs.append((low, high))
+        extra.append(n + low + high - full)
+    if any(n < 1 for n in out) or any(m < 1 for m in in_spatial_shape):
+        raise ValueError(
+            f"a transposed convolution of the input spatial shape "
+            f"{tuple(in_spatial_shape)} with kernel_size={tuple(kernel_size)}, "
+            f"stride={tuple(stride)}, dilation={tuple(dilation)}, padding={padding!r} "
+            f"and output_padding={tuple(output_padding)} would have the empty output "
+            f"shape {tuple(out)}."
+        )
+    return tuple(out), tuple(pairs), tuple(extra)

@@ -1,0 +1,101 @@
+"""Shared timing helpers for the benchmark scripts (not tests: no thresholds here).
+
+Every number is a median over repeats of an already compiled, warmed-up function,
+with `block_until_ready` on JAX outputs, measured side by side in one process.
+"""
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+
+
+def _block(out: Any) -> Any:
+    return jax.block_until_ready(out)
+
+
+def median_time(
+    fn: Callable[..., Any],
+    *args: Any,
+    repeats: int = 15,
+    warmup: int = 2,
+    sync: Callable[[Any], Any] = _block,
+) -> float:
+    """Median wall time in seconds of `fn(*args)` after `warmup` calls."""
+    for _ in range(warmup):
+        sync(fn(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        sync(fn(*args))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def compile_seconds(fn: Callable[..., Any], *args: Any) -> float:
+    """Cold lowering + compile time of `jax.jit(fn)` on `args` (caches cleared)."""
+    jax.clear_caches()
+    start = time.perf_counter()
+    jax.jit(fn).lower(*args).compile()
+    return time.perf_counter() - start
+
+
+def peak_bytes(fn: Callable[..., Any], *args: Any) -> int:
+    """Peak memory XLA plans for `jax.jit(fn)`: arguments + outputs + temporaries."""
+    analysis = jax.jit(fn).lower(*args).compile().memory_analysis()
+    if analysis is None:
+        return -1
+    return (
+        analysis.argument_size_in_bytes
+        + analysis.output_size_in_bytes
+        + analysis.temp_size_in_bytes
+        - analysis.alias_size_in_bytes
+    )
+
+
+@dataclass
+class Table:
+    """Rows of `name -> seconds` per case; prints medians and ratios to a reference."""
+
+    title: str
+    reference: str
+    rows: list[tuple[str, dict[str, float]]] = field(default_factory=list)
+
+    def add(self, case: str, timings: dict[str, float]) -> None:
+        self.rows.append((case, timings))
+        self._print_row(case, timings)
+
+    def _print_row(self, case: str, timings: dict[str, float]) -> None:
+        ref = timings.get(self.reference)
+        cells = []
+        for name, seconds in timings.items():
+            ratio = f" ({seconds / ref:.2f}x)" if ref else ""
+            cells.append(f"{name} {seconds * 1e3:.2f} ms{ratio}")
+        print(f"  {case}: " + " | ".join(cells), flush=True)
+
+    def header(self) -> None:
+        print(f"\n== {self.title} (ratios are time / {self.reference}) ==", flush=True)
+
+
+def markdown(tables: Sequence[Table], unit: str = "ms") -> str:
+    """All tables as one Markdown table per title, for notes and docs."""
+    lines = []
+    for table in tables:
+        names = list(dict.fromkeys(n for _, t in table.rows for n in t))
+        lines += [f"\n**{table.title}** (ratio: time / {table.reference})\n"]
+        lines += ["| case | " + " | ".join(names) + " |"]
+        lines += ["|---" * (len(names) + 1) + "|"]
+        for case, timings in table.rows:
+            ref = timings.get(table.reference)
+            cells = []
+            for name in names:
+                if name not in timings:
+                    cells.append("")
+                    continue
+                ratio = f" ({timings[name] / ref:.2f}x)" if ref else ""
+                cells.append(f"{timings[name] * 1e3:.2f} {unit}{ratio}")
+            lines.append(f"| {case} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
