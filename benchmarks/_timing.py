@@ -74,7 +74,7 @@ class Table:
         for name, seconds in timings.items():
             ratio = f" ({seconds / ref:.2f}x)" if ref else ""
             cells.append(f"{name} {seconds * 1e3:.2f} ms{ratio}")
-        print(f"  {case}: " + " | ".join(cells), flush=True)
+        print(f"  {case} [{self.title}]: " + " | ".join(cells), flush=True)
 
     def header(self) -> None:
         print(f"\n== {self.title} (ratios are time / {self.reference}) ==", flush=True)

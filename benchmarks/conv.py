@@ -18,7 +18,6 @@ import jax
 import jax.lax as lax
 import jax.numpy as jnp
 import jax.random as jr
-import numpy as np
 import torch
 
 import eqxconv
@@ -54,13 +53,10 @@ JNP_MODES = {"REFLECT": "reflect", "REPLICATE": "edge", "CIRCULAR": "wrap"}
 
 
 def _fwd_and_grad(apply: Callable[[Any, Any], Any], params: Any, x: Any, r: Any):
-    fwd = jax.jit(apply)
-
     def loss(params, x):
         return jnp.sum(apply(params, x) * r)
 
-    grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
-    return fwd, grad
+    return jax.jit(apply), jax.grad(loss, argnums=(0, 1))
 
 
 def jax_contenders(case: Case, key: Any) -> dict[str, tuple[Callable, Any, Any, Any]]:
@@ -74,6 +70,7 @@ def jax_contenders(case: Case, key: Any) -> dict[str, tuple[Callable, Any, Any, 
     )  # fmt: skip
     r = jr.normal(kr, (case.batch, *jax.eval_shape(jax.vmap(layer), x).shape[1:]))
     weight, bias = layer.weight, layer.bias
+    assert bias is not None
     pairs = [(case.padding, case.padding)] * n
     contenders: dict[str, tuple[Callable, Any, Any, Any]] = {}
 
@@ -164,14 +161,11 @@ def main() -> None:
     args = parser.parse_args()
     repeats = 5 if args.quick else 15
     torch.set_num_threads(2)
-    print(
-        f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__}"
-    )
+    platform = jax.devices()[0].platform
+    print(f"jax {jax.__version__} on {platform}, torch {torch.__version__}")
     forward = Table("forward", reference="lax best")
     backward = Table("forward+backward", reference="lax best")
     compiled = Table("cold compile fwd+bwd", reference="lax best")
-    for table in (forward, backward, compiled):
-        table.header() if table is forward else None
     key = jr.key(0)
     for case in CASES:
         if args.case and args.case not in case.name:
@@ -181,22 +175,14 @@ def main() -> None:
         for name, (apply, params, x, r) in jax_contenders(case, sub).items():
             fwd, grad = _fwd_and_grad(apply, params, x, r)
             fwd_times[name] = median_time(fwd, params, x, repeats=repeats)
-            bwd_times[name] = median_time(grad, params, x, repeats=repeats)
-            compile_times[name] = compile_seconds(
-                jax.grad(lambda p, x: jnp.sum(apply(p, x) * r), argnums=(0, 1)),
-                params,
-                x,
-            )
+            bwd_times[name] = median_time(jax.jit(grad), params, x, repeats=repeats)
+            compile_times[name] = compile_seconds(grad, params, x)
         for times in (fwd_times, bwd_times, compile_times):
             times["lax best"] = min(times["lax NCHW"], times["lax NHWC"])
         fwd_times["torch"], bwd_times["torch"] = torch_times(case, repeats)
-        print(f"{case.name}")
-        forward.add("  fwd", fwd_times)
-        backward.add("  fwd+bwd", bwd_times)
-        compiled.add("  compile", compile_times)
-        forward.rows[-1] = (case.name, fwd_times)
-        backward.rows[-1] = (case.name, bwd_times)
-        compiled.rows[-1] = (case.name, compile_times)
+        forward.add(case.name, fwd_times)
+        backward.add(case.name, bwd_times)
+        compiled.add(case.name, compile_times)
     print(markdown([forward, backward, compiled]))
 
 

@@ -5,6 +5,7 @@ from collections.abc import Sequence
 from typing import Any, TypedDict
 
 import equinox as eqx
+import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Inexact, PRNGKeyArray
 from typing_extensions import Unpack
@@ -175,7 +176,7 @@ class Conv(eqx.Module):
         An array of shape `(out_channels, *out_spatial_shape((dim_1, ..., dim_N)))`.
         """
         out = conv_normalised(
-            x,
+            jnp.asarray(x),
             apply_mask(self.weight, self.mask),
             stride=self.stride,
             padding=self.padding,

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -79,7 +80,7 @@ CONFIGS = {
 
 
 def _layer(n, config, getkey, in_channels=4, out_channels=6, kernel_size=3):
-    kwargs = {k: _per_dim(v, n) for k, v in config.items()}
+    kwargs: dict[str, Any] = {k: _per_dim(v, n) for k, v in config.items()}
     return CONV_CLASSES[n](
         in_channels, out_channels, kernel_size, **kwargs, key=getkey()
     )
@@ -139,7 +140,7 @@ def test_matches_torch(n, name, getkey):
     "name", [k for k in CONFIGS if "causal" not in k and "circular-string" not in k]
 )
 def test_matches_equinox(n, name, getkey):
-    config = {k: _per_dim(v, n) for k, v in CONFIGS[name].items()}
+    config: dict[str, Any] = {k: _per_dim(v, n) for k, v in CONFIGS[name].items()}
     layer = _layer(n, CONFIGS[name], getkey)
     reference = eqx.nn.Conv(n, 4, 6, 3, **config, key=getkey())
     reference = eqx.tree_at(
@@ -285,6 +286,7 @@ def test_preferred_element_type_and_precision(getkey):
         3, 4, 3, dtype=jnp.bfloat16, preferred_element_type=jnp.float32,
         precision=lax.Precision.HIGHEST, key=getkey(),
     )  # fmt: skip
+    assert layer.bias is not None
     x = jr.normal(getkey(), (3, 7, 7)).astype(jnp.bfloat16)
     out = layer(x)
     assert out.dtype == jnp.float32
@@ -302,6 +304,7 @@ def test_kernel_and_bias_init(getkey):
         bias_init=lambda key, shape, dtype: jnp.arange(3, dtype=dtype).reshape(shape),
         key=getkey(),
     )  # fmt: skip
+    assert layer.bias is not None
     np.testing.assert_array_equal(layer.weight, np.full((3, 2, 4), 0.5))
     np.testing.assert_array_equal(np.ravel(layer.bias), [0, 1, 2])
     with pytest.raises(ValueError, match="kernel_init.*shape \\(2,\\).*\\(3, 2, 4\\)"):
@@ -407,6 +410,7 @@ def test_grads_match_torch(getkey):
 
 def test_tree_surgery_serialisation_and_optax(getkey, tmp_path):
     layer = eqxconv.Conv2d(2, 3, 3, padding=1, key=getkey())
+    assert layer.bias is not None
     zeros = eqx.tree_at(lambda m: m.weight, layer, jnp.zeros_like(layer.weight))
     x = jr.normal(getkey(), (2, 5, 5))
     np.testing.assert_allclose(zeros(x), jnp.broadcast_to(layer.bias, (3, 5, 5)))

@@ -68,7 +68,8 @@ def test_to_tuple_errors(value, error, match):
 
 def test_to_tuple():
     assert to_tuple(3, 3, "stride") == (3, 3, 3)
-    assert to_tuple([1, np.int32(2)], 2, "stride") == (1, 2)
+    numpy_ints = [1, np.int32(2)]
+    assert to_tuple(numpy_ints, 2, "stride") == (1, 2)  # pyright: ignore[reportArgumentType]
 
 
 SIZES = range(1, 12)
