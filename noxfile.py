@@ -1,4 +1,4 @@
-"""Developer sessions: `nox -s tests`, `nox -s lint`, `nox -s examples`."""
+"""Developer sessions: `nox -s tests`, `lint`, `examples` and `docs`."""
 
 from pathlib import Path
 
@@ -6,7 +6,7 @@ import nox
 
 
 nox.options.default_venv_backend = "venv"
-nox.options.sessions = ["lint", "tests", "examples"]
+nox.options.sessions = ["lint", "tests", "examples", "docs"]
 
 
 @nox.session
@@ -31,3 +31,10 @@ def examples(session: nox.Session) -> None:
     session.install("-e", ".[examples]")
     for script in sorted(Path("examples").glob("*.py")):
         session.run("python", str(script))
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site with `mkdocs build --strict`."""
+    session.install("-e", ".[docs]")
+    session.run("mkdocs", "build", "--strict", env={"NO_MKDOCS_2_WARNING": "1"})

@@ -45,7 +45,7 @@ class LayerExtras(TypedDict, total=False):
 
 class Conv(eqx.Module):
     """General N-dimensional convolution (cross-correlation), like
-    [`equinox.nn.Conv`][] with the same fields and weight layout, and PyTorch's
+    `equinox.nn.Conv` with the same fields and weight layout, and PyTorch's
     default initialisation."""
 
     num_spatial_dims: int = eqx.field(static=True)
