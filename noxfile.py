@@ -37,4 +37,5 @@ def examples(session: nox.Session) -> None:
 def docs(session: nox.Session) -> None:
     """Build the documentation site with `mkdocs build --strict`."""
     session.install("-e", ".[docs]")
+    session.run("python", "docs/make_figures.py")
     session.run("mkdocs", "build", "--strict", env={"NO_MKDOCS_2_WARNING": "1"})
