@@ -18,6 +18,7 @@ from ._init import (
     Initializer,
     parameter_dtype,
 )
+from ._lowering_depthwise import check_impl
 from ._ops import conv_normalised
 from ._padding import (
     check_groups,
@@ -41,6 +42,7 @@ class LayerExtras(TypedDict, total=False):
     mask: Any
     precision: Any
     preferred_element_type: Any
+    impl: str
 
 
 class Conv(eqx.Module):
@@ -63,6 +65,7 @@ class Conv(eqx.Module):
     mask: Array | None
     precision: Any = eqx.field(static=True)
     preferred_element_type: Any = eqx.field(static=True)
+    impl: str = eqx.field(static=True)
 
     def __init__(
         self,
@@ -84,6 +87,7 @@ class Conv(eqx.Module):
         mask: Any = None,
         precision: Any = None,
         preferred_element_type: Any = None,
+        impl: str = "auto",
     ):
         """**Arguments:**
 
@@ -115,6 +119,10 @@ class Conv(eqx.Module):
             gets zero gradient. A boolean mask is not an inexact array, so
             `eqx.partition(model, eqx.is_inexact_array)` does not train it.
         - `precision`, `preferred_element_type`: passed to `lax.conv_general_dilated`.
+        - `impl`: how the convolution is computed, as for [`eqxconv.conv`][]:
+            `'auto'` (default; a shift-and-multiply-add lowering for depthwise
+            convolutions on CPU, much faster than XLA's grouped convolution forward
+            and backward, else `lax.conv_general_dilated`), `'xla'` or `'shift'`.
         """
         n = check_num_spatial_dims(num_spatial_dims)
         in_channels = check_positive_int(in_channels, "in_channels")
@@ -147,6 +155,7 @@ class Conv(eqx.Module):
         self.mask = check_mask(mask, weight_shape)
         self.precision = precision
         self.preferred_element_type = preferred_element_type
+        self.impl = check_impl(impl)
 
     def out_spatial_shape(self, in_spatial_shape: Sequence[int]) -> tuple[int, ...]:
         """The spatial shape this layer returns for an input of spatial shape
@@ -186,6 +195,7 @@ class Conv(eqx.Module):
             padding_mode=self.padding_mode,
             precision=self.precision,
             preferred_element_type=self.preferred_element_type,
+            impl=self.impl,
         )
         if self.bias is not None:
             out = out + self.bias.astype(out.dtype)

@@ -306,7 +306,7 @@ def check_output_padding(
             )
             raise ValueError(
                 f"`output_padding` must be smaller than {rule} in every dimension; got "
-                f"output_padding={output_padding!r}, {a} in dimension {i}."
+                f"output_padding={output_padding!r}: {a} in dimension {i}."
             )
     return values
 
@@ -331,7 +331,7 @@ def conv_transpose_geometry(
     **Arguments:**
 
     - `in_spatial_shape`: the transposed convolution's input spatial shape `m`.
-    - `padding`: normalised padding, as [`normalise_padding`][] returns it.
+    - `padding`: normalised padding, as `normalise_padding` returns it.
     - `kernel_size`, `stride`, `dilation`, `output_padding`: tuples of ints.
 
     **Returns:**
@@ -374,3 +374,17 @@ def conv_transpose_geometry(
             f"shape {tuple(out)}."
         )
     return tuple(out), tuple(pairs), tuple(extra)
+
+
+def window_extent(out: int, kernel: int, stride: int, dilation: int) -> int:
+    """The extent of the (padded) input that `out` windows of a dilated kernel
+    spaced `stride` apart touch: `(out - 1) * stride + (kernel - 1) * dilation + 1`."""
+    return (out - 1) * stride + dilated_size(kernel, dilation)
+
+
+def is_non_overlapping(
+    kernel_size: Sequence[int], stride: Sequence[int], dilation: Sequence[int]
+) -> bool:
+    """Whether windows tile the input exactly, without overlaps or gaps
+    (`stride == kernel_size` and no dilation): patches are then a reshape."""
+    return tuple(stride) == tuple(kernel_size) and all(d == 1 for d in dilation)

@@ -78,3 +78,69 @@ def torch_conv_transpose(
         dilation=tuple(dilation),
     )
     return out[0].numpy()
+
+
+# --- Oracles for patches and locally connected layers (written without eqxconv) ---
+
+NP_PAD_MODES = {"ZEROS": "constant", "REFLECT": "reflect", "REPLICATE": "edge",
+                "CIRCULAR": "wrap"}  # fmt: skip
+
+
+def oracle_pairs(padding, in_shape, kernel_size, stride, dilation):
+    """Explicit `(low, high)` pairs, resolved by `lax` for SAME/SAME_LOWER/VALID."""
+    import jax.lax as lax
+
+    n = len(in_shape)
+    if isinstance(padding, str):
+        upper = padding.upper()
+        extent = [(k - 1) * d + 1 for k, d in zip(kernel_size, dilation)]
+        if upper == "CAUSAL":
+            return [(e - 1, 0) for e in extent]
+        if upper == "CIRCULAR":
+            upper = "SAME"
+        return [tuple(p) for p in lax.padtype_to_pads(in_shape, extent, stride, upper)]
+    if isinstance(padding, int):
+        return [(padding, padding)] * n
+    return [(p, p) if isinstance(p, int) else tuple(p) for p in padding]
+
+
+def jnp_pad(x, pairs, mode: str):
+    """Pad the spatial axes of an unbatched `(C, *spatial)` array (`jnp.pad`)."""
+    import jax.numpy as jnp
+
+    return jnp.pad(x, [(0, 0), *pairs], mode=NP_PAD_MODES[mode])
+
+
+def lax_patches(x, kernel_size, stride, pairs, dilation, mode="ZEROS"):
+    """`lax.conv_general_dilated_patches` on an input padded beforehand."""
+    import jax.lax as lax
+
+    xp = jnp_pad(x, pairs, mode)
+    return lax.conv_general_dilated_patches(
+        xp[None], tuple(kernel_size), tuple(stride), "VALID",
+        rhs_dilation=tuple(dilation),
+    )[0]  # fmt: skip
+
+
+def lax_local(x, weight, kernel_size, stride, pairs, dilation, groups=1, mode="ZEROS"):
+    """`lax.conv_general_dilated_local` with ("NCHW", "OIHW", "NCHW"), applied per
+    group for `groups > 1` (output channel `o` sees input group
+    `o // (out_channels // groups)`)."""
+    import jax.lax as lax
+    import jax.numpy as jnp
+
+    xp = jnp_pad(x, pairs, mode)
+    n = len(kernel_size)
+    spec = ("NCH", "OIH", "NCH") if n == 1 else None
+    if n == 3:
+        spec = ("NCDHW", "OIDHW", "NCDHW")
+    outs = []
+    for xg, wg in zip(jnp.split(xp, groups), jnp.split(weight, groups)):
+        outs.append(
+            lax.conv_general_dilated_local(
+                xg[None], wg, tuple(stride), "VALID", tuple(kernel_size),
+                rhs_dilation=tuple(dilation), dimension_numbers=spec,
+                precision="highest",
+            )[0]
+        )  # fmt: skip
+    return jnp.concatenate(outs)

@@ -1,0 +1,209 @@
+"""Patch extraction and folding: eqxconv against `lax.conv_general_dilated_patches` and
+torch `F.unfold`/`F.fold`, batch 8 on CPU.
+
+Times forward, forward+backward (the gradient of `sum(y * r)` for a fixed random `r`,
+so the backward is real) and cold compile; peak memory is what XLA plans for the
+jitted forward+backward (arguments + outputs + temporaries). Run with
+`python benchmarks/patches.py`; the ratios are time / eqxconv's.
+"""
+
+import argparse
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from eqxconv import extract_patches, fold_patches
+from eqxconv._ops import extract_patches_normalised
+
+
+try:
+    from ._timing import compile_seconds, markdown, median_time, peak_bytes, Table
+except ImportError:  # run as a script
+    from _timing import (  # pyright: ignore[reportMissingImports]
+        compile_seconds,
+        markdown,
+        median_time,
+        peak_bytes,
+        Table,
+    )
+
+
+def _loss_grad(fn: Callable[[jax.Array], jax.Array]) -> Callable[..., Any]:
+    """The value and gradient of `sum(fn(x) * r)` with respect to `x` (not jitted):
+    the value forces the forward pass, which the gradient of a linear map skips."""
+    return jax.value_and_grad(lambda x, r: jnp.sum(fn(x) * r))
+
+
+def _grad_of(fn: Callable[[jax.Array], jax.Array]) -> Callable[..., Any]:
+    return jax.jit(_loss_grad(fn))
+
+
+def _torch_grad(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[..., Any]:
+    def run(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        x = x.detach().requires_grad_(True)
+        loss = (fn(x) * r).sum()
+        loss.backward()
+        assert x.grad is not None
+        return loss
+
+    return run
+
+
+def _no_sync(out: Any) -> Any:
+    return out
+
+
+def _time(fn: Callable[..., Any], *args: Any, repeats: int, **kwargs: Any) -> float:
+    """`median_time`, with only 3 repeats for calls slower than a second (lax's
+    patches backward), so that the script finishes in minutes."""
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    if time.perf_counter() - start > 1.0:
+        repeats = 3
+    return median_time(fn, *args, repeats=repeats, warmup=1, **kwargs)
+
+
+def extract_case(
+    name: str,
+    shape: tuple[int, ...],
+    k: int,
+    s: int,
+    p: int,
+    tables: dict[str, Table],
+    repeats: int,
+) -> None:
+    n = len(shape) - 2
+    xs = jr.normal(jr.key(0), shape)
+    ks, ss, ds = (k,) * n, (s,) * n, (1,) * n
+    pairs = ((p, p),) * n
+
+    def ours(x: jax.Array) -> jax.Array:
+        return jax.vmap(lambda x: extract_patches(x, k, stride=s, padding=p))(x)
+
+    def separable(x: jax.Array) -> jax.Array:
+        return jax.vmap(
+            lambda x: extract_patches_normalised(
+                x,
+                kernel_size=ks,
+                stride=ss,
+                padding=pairs,
+                dilation=ds,
+                padding_mode="ZEROS",
+                strategy="separable",
+            )  # fmt: skip
+        )(x)
+
+    def lax_patches(x: jax.Array) -> jax.Array:
+        return jax.lax.conv_general_dilated_patches(x, ks, ss, pairs)
+
+    variants: dict[str, Callable[[jax.Array], jax.Array]] = {"eqxconv": ours}
+    if k != s:
+        variants["eqxconv-separable"] = separable
+    variants["lax"] = lax_patches
+    r = jr.normal(jr.key(1), ours(xs).shape)
+    fwd, both, comp, mem = {}, {}, {}, {}
+    for label, fn in variants.items():
+        fwd[label] = _time(jax.jit(fn), xs, repeats=repeats)
+        grad = _grad_of(fn)
+        both[label] = _time(grad, xs, r, repeats=repeats)
+        comp[label] = compile_seconds(_loss_grad(fn), xs, r)
+        mem[label] = peak_bytes(_loss_grad(fn), xs, r)
+    if n == 2:
+        xt = torch.from_numpy(np.array(xs))
+        rt = torch.from_numpy(np.array(r)).reshape(shape[0], r.shape[1], -1)
+
+        def unfold(x: torch.Tensor) -> torch.Tensor:
+            return F.unfold(x, k, padding=p, stride=s)
+
+        with torch.no_grad():
+            fwd["torch"] = median_time(unfold, xt, repeats=repeats, sync=_no_sync)
+        both["torch"] = median_time(
+            _torch_grad(unfold), xt, rt, repeats=repeats, sync=_no_sync
+        )
+    tables["fwd"].add(name, fwd)
+    tables["fwd+bwd"].add(name, both)
+    tables["compile"].add(name, comp)
+    # Table prints seconds as ms: store MiB / 1000 so that the "ms" figure reads MiB.
+    tables["peak"].add(name, {k: v / 2**20 / 1e3 for k, v in mem.items()})
+
+
+def fold_case(
+    name: str,
+    shape: tuple[int, ...],
+    k: int,
+    s: int,
+    tables: dict[str, Table],
+    repeats: int,
+) -> None:
+    batch, channels, *spatial = shape
+    grid = [(size - k) // s + 1 for size in spatial]
+    ps = jr.normal(jr.key(0), (batch, channels * k * k, *grid))
+    r = jr.normal(jr.key(1), shape)
+
+    def ours(p: jax.Array) -> jax.Array:
+        return jax.vmap(lambda p: fold_patches(p, spatial, k, stride=s))(p)
+
+    def lax_adjoint(p: jax.Array) -> jax.Array:
+        def patches(x: jax.Array) -> jax.Array:
+            return jax.lax.conv_general_dilated_patches(x, (k, k), (s, s), "VALID")
+
+        return jax.linear_transpose(patches, jnp.zeros(shape))(p)[0]
+
+    fwd, both = {}, {}
+    for label, fn in {"eqxconv": ours, "lax-transpose": lax_adjoint}.items():
+        fwd[label] = _time(jax.jit(fn), ps, repeats=repeats)
+        both[label] = _time(_grad_of(fn), ps, r, repeats=repeats)
+    pt = torch.from_numpy(np.array(ps)).reshape(batch, ps.shape[1], -1)
+    rt = torch.from_numpy(np.array(r))
+
+    def fold(p: torch.Tensor) -> torch.Tensor:
+        return F.fold(p, tuple(spatial), k, stride=s)
+
+    with torch.no_grad():
+        fwd["torch"] = median_time(fold, pt, repeats=repeats, sync=_no_sync)
+    both["torch"] = median_time(
+        _torch_grad(fold), pt, rt, repeats=repeats, sync=_no_sync
+    )
+    tables["fold fwd"].add(name, fwd)
+    tables["fold fwd+bwd"].add(name, both)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    titles = ["fwd", "fwd+bwd", "compile", "peak", "fold fwd", "fold fwd+bwd"]
+    tables = {t: Table(f"patches {t}", "eqxconv") for t in titles}
+    tables["compile"].title = "patches cold compile of jitted fwd+bwd"
+    tables["peak"].title = "patches peak memory of jitted fwd+bwd, MiB (printed as ms)"
+    cases = [
+        ("ViT patchify 3x224x224 k=s=16", (8, 3, 224, 224), 16, 16, 0),
+        ("overlap C=16 64x64 k=3 s=1 p=1", (8, 16, 64, 64), 3, 1, 1),
+        ("overlap C=8 64x64 k=4 s=2 p=1", (8, 8, 64, 64), 4, 2, 1),
+        ("overlap 3D C=4 16^3 k=3 s=1", (8, 4, 16, 16, 16), 3, 1, 0),
+    ]
+    for name, shape, k, s, p in cases:
+        print(f"\n-- {name}", flush=True)
+        extract_case(name, shape, k, s, p, tables, args.repeats)
+    folds = [
+        ("ViT unpatchify 3x224x224 k=s=16", (8, 3, 224, 224), 16, 16),
+        ("overlap fold C=16 64x64 k=3 s=1", (8, 16, 64, 64), 3, 1),
+    ]
+    for name, shape, k, s in folds:
+        print(f"\n-- {name}", flush=True)
+        fold_case(name, shape, k, s, tables, args.repeats)
+    times = [tables[t] for t in titles if t != "peak"]
+    print(markdown(times))
+    print(markdown([tables["peak"]], unit="MiB"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""How patches are extracted and folded: the lowering behind `extract_patches`,
+`fold_patches` and `conv_local`.
+
+`lax.conv_general_dilated_patches` extracts patches with a convolution against an
+identity kernel, whose backward pass is a second, very slow convolution. Here patches
+are plain data movement, so that both directions are cheap:
+
+- non-overlapping windows (`stride == kernel_size`, no dilation: ViT patchify) are a
+  reshape and a transpose, and so is their fold;
+- otherwise each patch position is a strided slice of the padded input, the slices are
+  stacked, and the fold (the adjoint) is a sum of zero-padded (`lax.pad` with interior
+  padding) copies, one per kernel offset. Autodiff of one is the other, so forward and
+  backward both stay slices, pads and adds, which XLA fuses into single loops.
+
+Everything here works on one unbatched, channels-first array whose padding has already
+been applied (extraction) or is cropped by the caller (fold).
+"""
+
+import itertools
+import math
+from collections.abc import Sequence
+from typing import Literal, TypeAlias
+
+import jax.lax as lax
+import jax.numpy as jnp
+from jaxtyping import Array
+
+from ._padding import is_non_overlapping
+
+
+Strategy: TypeAlias = Literal["auto", "reshape", "slices", "separable"]
+"""`'reshape'` (non-overlapping windows only), `'slices'` (one strided slice per kernel
+offset), `'separable'` (one slice per offset and dimension, dimension by dimension)."""
+
+# Past this many kernel offsets, one slice per offset makes the program (and its
+# compile time) large; slicing dimension by dimension needs only `sum(kernel_size)`.
+_MAX_PRODUCT_SLICES = 64
+
+
+def choose_strategy(
+    kernel_size: Sequence[int], stride: Sequence[int], dilation: Sequence[int]
+) -> Strategy:
+    """The lowering `'auto'` picks (see the module docstring)."""
+    if is_non_overlapping(kernel_size, stride, dilation):
+        return "reshape"
+    if math.prod(kernel_size) <= _MAX_PRODUCT_SLICES:
+        return "slices"
+    return "separable"
+
+
+def _check_strategy(
+    strategy: Strategy,
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    dilation: Sequence[int],
+) -> Strategy:
+    if strategy == "auto":
+        return choose_strategy(kernel_size, stride, dilation)
+    if strategy == "reshape" and not is_non_overlapping(kernel_size, stride, dilation):
+        raise ValueError(
+            "the 'reshape' lowering needs non-overlapping windows (stride == "
+            f"kernel_size, dilation 1), got kernel_size={tuple(kernel_size)}, "
+            f"stride={tuple(stride)}, dilation={tuple(dilation)}."
+        )
+    return strategy
+
+
+def _offsets(kernel_size: Sequence[int]) -> list[tuple[int, ...]]:
+    """Kernel offsets in row-major order (the order of the flattened patch axis)."""
+    return list(itertools.product(*(range(k) for k in kernel_size)))
+
+
+def _window_slice(
+    x: Array, axis: int, offset: int, out: int, stride: int, dilation: int
+) -> Array:
+    """`x[..., offset * dilation :: stride][:out]` along `axis`."""
+    start = offset * dilation
+    return lax.slice_in_dim(x, start, start + (out - 1) * stride + 1, stride, axis)
+
+
+def extract_padded(
+    x: Array,
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    dilation: Sequence[int],
+    out_shape: Sequence[int],
+    strategy: Strategy = "auto",
+) -> Array:
+    """Patches `(C * prod(kernel_size), *out_shape)` of an already padded
+    `(C, *spatial)` array, channel-major then kernel offsets in row-major order."""
+    n = len(kernel_size)
+    channels = x.shape[0]
+    size = channels * math.prod(kernel_size)
+    strategy = _check_strategy(strategy, kernel_size, stride, dilation)
+    if strategy == "reshape":
+        # Drop the tail no window covers; (C, O1, k1, ..., On, kn) -> (C, k.., O..).
+        x = lax.slice(
+            x,
+            (0,) * (n + 1),
+            (channels, *(o * k for o, k in zip(out_shape, kernel_size))),
+        )
+        x = x.reshape((channels, *itertools.chain(*zip(out_shape, kernel_size))))
+        perm = (0, *range(2, 2 * n + 1, 2), *range(1, 2 * n, 2))
+        return x.transpose(perm).reshape((size, *out_shape))
+    if strategy == "slices":
+        parts = []
+        for offsets in _offsets(kernel_size):
+            start = (0, *(o * d for o, d in zip(offsets, dilation)))
+            limit = (
+                channels,
+                *(
+                    s + (o - 1) * st + 1
+                    for s, o, st in zip(start[1:], out_shape, stride)
+                ),
+            )
+            parts.append(lax.slice(x, start, limit, (1, *stride)))
+        return jnp.stack(parts, axis=1).reshape((size, *out_shape))
+    # Separable: dimension i's axis becomes (k_i, O_i), giving (C, k1, O1, ..., kn, On).
+    for i, (k, s, d, o) in enumerate(zip(kernel_size, stride, dilation, out_shape)):
+        axis = 1 + 2 * i
+        x = jnp.stack([_window_slice(x, axis, j, o, s, d) for j in range(k)], axis=axis)
+    perm = (0, *range(1, 2 * n, 2), *range(2, 2 * n + 1, 2))
+    return x.transpose(perm).reshape((size, *out_shape))
+
+
+def _pad_config(
+    offset: int, out: int, stride: int, dilation: int, size: int
+) -> tuple[int, int, int]:
+    """`lax.pad` config placing `out` values at `offset * dilation + stride * t` in an
+    axis of length `size`."""
+    low = offset * dilation
+    return low, size - low - ((out - 1) * stride + 1), stride - 1
+
+
+def fold_padded(
+    patches: Array,
+    padded_shape: Sequence[int],
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    dilation: Sequence[int],
+    strategy: Strategy = "auto",
+) -> Array:
+    """The adjoint of [`extract_padded`][]: `(C * K, *out)` patches summed back into a
+    `(C, *padded_shape)` array."""
+    n = len(kernel_size)
+    k_total = math.prod(kernel_size)
+    channels = patches.shape[0] // k_total
+    out_shape = patches.shape[1:]
+    zero = jnp.zeros((), patches.dtype)
+    strategy = _check_strategy(strategy, kernel_size, stride, dilation)
+    if strategy == "reshape":
+        x = patches.reshape((channels, *kernel_size, *out_shape))
+        x = x.transpose((0, *itertools.chain(*((1 + n + i, 1 + i) for i in range(n)))))
+        covered = tuple(o * k for o, k in zip(out_shape, kernel_size))
+        x = x.reshape((channels, *covered))
+        config = [(0, 0, 0)] + [(0, p - c, 0) for p, c in zip(padded_shape, covered)]
+        return lax.pad(x, zero, config)
+    if strategy == "slices":
+        p = patches.reshape((channels, k_total, *out_shape))
+        total = None
+        for index, offsets in enumerate(_offsets(kernel_size)):
+            config = [(0, 0, 0)] + [
+                _pad_config(j, o, s, d, p_size)
+                for j, o, s, d, p_size in zip(
+                    offsets, out_shape, stride, dilation, padded_shape
+                )
+            ]
+            term = lax.pad(p[:, index], zero, config)
+            total = term if total is None else total + term
+        assert total is not None
+        return total
+    # Separable: (C, k1, O1, ..., kn, On), then sum each k_i out, last dimension first.
+    x = patches.reshape((channels, *kernel_size, *out_shape))
+    x = x.transpose((0, *itertools.chain(*((1 + i, 1 + n + i) for i in range(n)))))
+    for i in reversed(range(n)):
+        k, s, d, o, p_size = (
+            kernel_size[i], stride[i], dilation[i], out_shape[i], padded_shape[i]
+        )  # fmt: skip
+        axis = 1 + 2 * i
+        total = None
+        for j in range(k):
+            config = [(0, 0, 0)] * (x.ndim - 1)
+            config[axis] = _pad_config(j, o, s, d, p_size)
+            term = lax.pad(lax.index_in_dim(x, j, axis, keepdims=False), zero, config)
+            total = term if total is None else total + term
+        assert total is not None
+        x = total
+    return x

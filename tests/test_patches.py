@@ -1,0 +1,219 @@
+"""`extract_patches`/`fold_patches` and `ExtractPatches`/`FoldPatches` against
+`lax.conv_general_dilated_patches` (and its `jax.linear_transpose`), torch
+`F.unfold`/`F.fold`, in 1D/2D/3D, every padding form and mode, every lowering; grads,
+vmap, jit and errors."""
+
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+import torch.nn.functional as F
+
+import eqxconv
+from eqxconv._ops import extract_patches_normalised, fold_patches_normalised
+
+from .helpers import jnp_pad, lax_patches, oracle_pairs, to_torch
+
+
+def _tuple(v, n):
+    return (v,) * n if isinstance(v, int) else tuple(v)
+
+
+# (channels, in_shape, kernel_size, stride, padding, dilation, padding_mode)
+CASES = [
+    (2, (13,), 3, 2, 1, 1, "ZEROS"),
+    (2, (10,), 4, 4, 0, 1, "ZEROS"),  # non-overlapping: reshape
+    (1, (9,), 2, 1, "CAUSAL", 2, "ZEROS"),
+    (2, (8,), 3, 1, "circular", 1, "ZEROS"),
+    (3, (11, 9), 3, 1, 0, 1, "ZEROS"),
+    (3, (11, 9), (2, 3), (1, 2), ((1, 0), (2, 1)), (2, 1), "ZEROS"),
+    (2, (12, 8), 4, 4, "VALID", 1, "ZEROS"),  # ViT patchify: reshape
+    (2, (13, 9), 4, 4, (1, 2), 1, "ZEROS"),  # reshape after padding, uncovered tail
+    (2, (7, 8), 3, 2, "same_lower", 1, "REFLECT"),
+    (2, (6, 7), 3, 1, "SAME", 1, "REPLICATE"),
+    (1, (6, 6), (3, 2), (2, 1), [1, 2], (1, 2), "CIRCULAR"),
+    (1, (12, 11), 9, 1, 2, 1, "ZEROS"),  # 81 offsets: separable slices
+    (2, (5, 6, 4), 2, 1, 1, 1, "ZEROS"),
+    (2, (4, 6, 6), 2, 2, 0, 1, "ZEROS"),  # 3D reshape
+    (1, (5, 5, 5), 3, (1, 2, 1), "SAME", (1, 1, 2), "REFLECT"),
+]
+IDS = [f"{len(c[1])}d-k{c[2]}-s{c[3]}-p{c[4]}-d{c[5]}-{c[6]}" for c in CASES]
+
+
+def _config(case):
+    channels, in_shape, k, s, padding, d, mode = case
+    n = len(in_shape)
+    k, s, d = _tuple(k, n), _tuple(s, n), _tuple(d, n)
+    pairs: Any = oracle_pairs(padding, in_shape, k, s, d)
+    if isinstance(padding, str) and padding.upper() == "CIRCULAR":
+        mode = "CIRCULAR"
+    return channels, in_shape, k, s, padding, d, mode, pairs
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_against_lax_patches(case, getkey):
+    """extract_patches == lax patches of the padded input; fold_patches == the linear
+    transpose of (zero-pad + lax patches), an adjoint computed independently; the
+    gradients of both against those through lax. One compilation per case."""
+    channels, in_shape, k, s, padding, d, mode, pairs = _config(case)
+    raw_mode = case[6]
+    fold_padding = padding if mode == "ZEROS" else pairs  # fold pads with zeros only
+    x = jr.normal(getkey(), (channels, *in_shape))
+    grid = eqxconv.conv_output_shape(in_shape, k, stride=s, padding=padding, dilation=d)
+    p = jr.normal(getkey(), (channels * int(np.prod(k)), *grid))
+
+    def extract(x):
+        return eqxconv.extract_patches(
+            x, k, stride=s, padding=padding, dilation=d, padding_mode=raw_mode
+        )
+
+    def fold(p):
+        return eqxconv.fold_patches(
+            p, in_shape, k, stride=s, padding=fold_padding, dilation=d
+        )
+
+    @jax.jit
+    def run(x, p):
+        oracle_t = jax.linear_transpose(lambda x: lax_patches(x, k, s, pairs, d), x)
+        return dict(
+            extract=(extract(x), lax_patches(x, k, s, pairs, d, mode)),
+            fold=(fold(p), oracle_t(p)[0]),
+            grad_extract=(
+                jax.grad(lambda x: jnp.sum(extract(x) * p))(x),
+                jax.grad(lambda x: jnp.sum(lax_patches(x, k, s, pairs, d, mode) * p))(
+                    x
+                ),
+            ),
+            grad_fold=(
+                jax.grad(lambda p: jnp.sum(fold(p) * x))(p),
+                lax_patches(x, k, s, pairs, d),
+            ),
+        )
+
+    for name, (got, expected) in run(x, p).items():
+        assert got.shape == expected.shape, name
+        assert got.dtype == x.dtype, name
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("strategy", ["slices", "separable", "reshape"])
+@pytest.mark.parametrize(
+    "case", [CASES[5], CASES[7], CASES[13]], ids=["2d", "vit", "3d"]
+)
+def test_every_lowering(strategy, case, getkey):
+    channels, in_shape, k, s, padding, d, mode, pairs = _config(case)
+    x = jr.normal(getkey(), (channels, *in_shape))
+    kwargs = dict(kernel_size=k, stride=s, dilation=d)
+    if strategy == "reshape" and s != k:
+        with pytest.raises(ValueError, match="non-overlapping"):
+            extract_patches_normalised(
+                x, padding=tuple(pairs), padding_mode="ZEROS", strategy=strategy,
+                **kwargs,
+            )  # fmt: skip
+        return
+    pairs = tuple(pairs)
+
+    @jax.jit
+    def run(x):
+        got = extract_patches_normalised(
+            x, padding=pairs, padding_mode="ZEROS", strategy=strategy, **kwargs
+        )
+        folded = fold_patches_normalised(
+            got, output_size=in_shape, padding=pairs, strategy=strategy, **kwargs
+        )
+        oracle = lax_patches(x, k, s, pairs, d)
+        oracle_t = jax.linear_transpose(lambda x: lax_patches(x, k, s, pairs, d), x)
+        return got, oracle, folded, oracle_t(oracle)[0]
+
+    got, oracle, folded, expected = run(x)
+    np.testing.assert_allclose(got, oracle, atol=1e-6)
+    np.testing.assert_allclose(folded, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "k, s, p, d", [(3, 1, 1, 1), ((2, 3), (2, 1), (0, 1), (1, 2)), (4, 4, 0, 1)]
+)
+def test_torch_unfold_and_fold(k, s, p, d, getkey):
+    x = jr.normal(getkey(), (3, 10, 9))
+    patches = eqxconv.extract_patches(x, k, stride=s, padding=p, dilation=d)
+    expected = F.unfold(to_torch(x)[None], k, dilation=d, padding=p, stride=s)[0]
+    np.testing.assert_allclose(
+        patches.reshape(patches.shape[0], -1), expected.numpy(), atol=1e-6
+    )
+    folded = eqxconv.fold_patches(patches, (10, 9), k, stride=s, padding=p, dilation=d)
+    expected_fold = F.fold(expected[None], (10, 9), k, dilation=d, padding=p, stride=s)
+    np.testing.assert_allclose(folded, expected_fold[0].numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_modules_vmap_jit(getkey):
+    extract = eqxconv.ExtractPatches(2, 3, stride=2, padding="SAME", dilation=1)
+    fold = eqxconv.FoldPatches(2, (9, 8), 3, stride=2, padding="SAME")
+    xs = jr.normal(getkey(), (4, 2, 9, 8))
+    assert extract.out_spatial_shape((9, 8)) == (5, 4)
+    assert fold.in_spatial_shape == (5, 4)
+    assert fold.out_spatial_shape((5, 4)) == (9, 8)
+    pairs = oracle_pairs("SAME", (9, 8), (3, 3), (2, 2), (1, 1))
+    p = jr.normal(getkey(), (4, 18, 5, 4))
+
+    @eqx.filter_jit
+    def run(xs, p):
+        expected = jax.lax.conv_general_dilated_patches(
+            jax.vmap(lambda x: jnp_pad(x, pairs, "ZEROS"))(xs), (3, 3), (2, 2), "VALID"
+        )
+        return jax.vmap(extract)(xs), expected, jax.vmap(fold)(p)
+
+    patches, expected, folded = run(xs, p)
+    np.testing.assert_allclose(patches, expected, atol=1e-6)
+    assert folded.shape == xs.shape
+    # Adjoint identity <extract(x), p> == <x, fold(p)> on the batch.
+    np.testing.assert_allclose(jnp.sum(patches * p), jnp.sum(xs * folded), rtol=1e-4)
+    # Static configuration, no leaves; readable repr.
+    assert jax.tree_util.tree_leaves(extract) == []
+    assert "ExtractPatches" in repr(extract)
+
+
+def test_preferred_element_type_and_dtype(getkey):
+    x = jr.normal(getkey(), (2, 6, 6)).astype(jnp.bfloat16)
+    out = eqxconv.extract_patches(x, 2, stride=2, preferred_element_type=jnp.float32)
+    assert out.dtype == jnp.float32
+    assert eqxconv.extract_patches(x, 3).dtype == jnp.bfloat16
+
+
+def test_errors():
+    extract = eqxconv.ExtractPatches(2, 3)
+    with pytest.raises(ValueError, match=r"jax\.vmap"):
+        extract(jnp.zeros((4, 2, 8, 8)))
+    with pytest.raises(ValueError, match=r"ExtractPatches.*\(1, 2, 2\)"):
+        extract(jnp.zeros((1, 2, 2)))
+    with pytest.raises(TypeError, match="floating"):
+        extract(jnp.zeros((1, 5, 5), jnp.int32))
+    with pytest.raises(ValueError, match="kernel_size"):
+        eqxconv.ExtractPatches(2, (3, 3, 3))
+    with pytest.raises(ValueError, match="padding_mode"):
+        eqxconv.ExtractPatches(2, 3, padding_mode="mirror")
+    with pytest.raises(ValueError, match="padding"):
+        eqxconv.ExtractPatches(2, 3, padding="FULL")
+    with pytest.raises(ValueError, match="stride"):
+        eqxconv.extract_patches(jnp.zeros((1, 5, 5)), 3, stride=0)
+    with pytest.raises(ValueError, match=r"eqxconv.extract_patches.*\(1, 2, 5\)"):
+        eqxconv.extract_patches(jnp.zeros((1, 2, 5)), 3)
+
+    fold = eqxconv.FoldPatches(2, (6, 6), 3)
+    with pytest.raises(ValueError, match=r"\(4, 4\).*\(9, 5, 4\)"):
+        fold(jnp.zeros((9, 5, 4)))
+    with pytest.raises(ValueError, match=r"C \* 9"):
+        fold(jnp.zeros((10, 4, 4)))
+    with pytest.raises(ValueError, match="too small"):
+        eqxconv.FoldPatches(2, (2, 2), 3)
+    with pytest.raises(ValueError, match="CIRCULAR"):
+        eqxconv.FoldPatches(2, (6, 6), 3, padding="circular")
+    with pytest.raises(ValueError, match="out_spatial_shape"):
+        eqxconv.FoldPatches(2, (6,), 3)
+    with pytest.raises(ValueError, match=r"C \* 9"):
+        eqxconv.fold_patches(jnp.zeros((9, 3, 4)), (6, 6), 3)
+    with pytest.raises(ValueError, match="too small"):
+        eqxconv.fold_patches(jnp.zeros((9, 1, 1)), (2, 6), 3)
