@@ -120,9 +120,10 @@ class Conv(eqx.Module):
             `eqx.partition(model, eqx.is_inexact_array)` does not train it.
         - `precision`, `preferred_element_type`: passed to `lax.conv_general_dilated`.
         - `impl`: how the convolution is computed, as for [`eqxconv.conv`][]:
-            `'auto'` (default; a shift-and-multiply-add lowering for depthwise
-            convolutions on CPU, much faster than XLA's grouped convolution forward
-            and backward, else `lax.conv_general_dilated`), `'xla'` or `'shift'`.
+            `'auto'` (default; a shift-and-multiply-add lowering for depthwise and
+            small-group convolutions on CPU, much faster than XLA's grouped
+            convolution forward and backward, else `lax.conv_general_dilated`),
+            `'xla'` or `'shift'`.
         """
         n = check_num_spatial_dims(num_spatial_dims)
         in_channels = check_positive_int(in_channels, "in_channels")

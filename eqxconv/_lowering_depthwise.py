@@ -59,28 +59,38 @@ def check_impl(impl: object) -> str:
 
 # --- The heuristic --------------------------------------------------------------------
 #
-# `impl="auto"` takes the shift lowering on CPU for floating-point depthwise convolutions
-# (`in_channels // groups == 1`, any channel multiplier, stride, dilation, padding and
-# mode, 1D/2D/3D) with at most `_MAX_AUTO_TAPS` kernel taps and no input dilation;
-# everything else goes to `lax.conv_general_dilated`. Measured with
-# benchmarks/depthwise.py (2 shared CPU cores, batch 4 through `jax.vmap`, float32;
-# the machine was loaded by other jobs, so absolute times are provisional; medians):
+# `impl="auto"` takes the shift lowering on CPU, for floating-point convolutions with
+# at most 4 input channels per group (depthwise is 1; any channel multiplier, stride,
+# dilation, padding and mode, 1D/2D/3D), at most 49 products per output element
+# (`(in_channels // groups) * prod(kernel_size)`: 7x7 depthwise, 3x3 with 4 channels
+# per group) and no input dilation; everything else goes to `lax.conv_general_dilated`.
+# Measured with benchmarks/depthwise.py on 2 CPU cores shared with other jobs (so
+# every time is provisional and inflated, torch's most), batch 4 through `jax.vmap`,
+# float32, medians; "xla" is eqxconv forced onto `lax.conv_general_dilated`, which
+# times as raw batched lax and `equinox.nn.Conv` do:
 #
-#   case (2D unless said)          fwd: shift / xla     fwd+bwd: shift / xla
-#   C=256 64x64 3x3 pad 1          8 / 348 ms           105 / 1564 ms (torch 440)
-#   C=64  64x64 3x3                1.3 / 116 ms         6.7 / 223 ms
-#   C=512 64x64 3x3                158 / 1076 ms        238 / 6741 ms
-#   (see the closing table of benchmarks/depthwise.py for 7x7, stride 2, dilation 2,
-#   channel multiplier 2, 1D and 3D: every depthwise case is >= 5x faster
-#   forward+backward.)
+#   case (2D, 64x64, 3x3, pad 1 unless said)  fwd shift / xla   fwd+bwd shift / xla
+#   C=256 (lightly loaded; torch 20 / 42)     2.4 / 120 ms      29 / 334 ms
+#   C=256 (heavily loaded)                    3.9 / 195 ms      77 / 863 ms
+#   C=64                                      0.9 / 44 ms       8.5 / 63 ms
+#   C=512                                     158 / 1076 ms     238 / 6741 ms
+#   C=256 7x7 pad 3                           46 / 478 ms       352 / 4024 ms
+#   C=256 stride 2                            7.8 / 80 ms       100 / 985 ms
+#   C=256 dilation 2 pad 2                    12 / 248 ms       100 / 1207 ms
+#   C=128 -> 256 (multiplier 2)               3.2 / 92 ms       358 / 82856 ms
+#   1D C=256 L=4096 k=7                       7.9 / 896 ms      93 / 1748 ms
+#   3D C=64 16x32x32 3x3x3                    32 / 7658 ms      344 / 5709 ms
+#   C=256 groups=128 (2 in/group)             30 / 319 ms       82 / 39464 ms
+#   C=256 groups=64 (4 in/group)              21 / 174 ms       65 / 19751 ms
 #
-# Never slower on any benchmarked depthwise case, so no size threshold; the cap on taps
-# bounds compile time (the lowering unrolls one slice per tap; 7x7 = 49 is the largest
-# kernel measured). Small groups (2 and 4 input channels per group) are supported with
-# `impl="shift"` but not chosen automatically: their measured win is smaller and less
-# certain. Off CPU (GPU/TPU), XLA's own convolutions are used.
-_MAX_IN_PER_GROUP = 1
-_MAX_AUTO_TAPS = 49
+# The shift lowering is faster on every case, forward and backward, so there is no
+# size threshold. The limits are where nothing was measured: more channels per group
+# (its cost grows with them, XLA's grouped convolution nears a dense one) and more
+# products per output (the lowering unrolls one slice per product, so compile time
+# grows with them: 1.1-1.4 s against 0.3-0.4 s for 3x3, ~3 s for 7x7, ~5-10 s for
+# 3x3x3, all for the jitted forward+backward). Off CPU, XLA's own convolutions.
+_MAX_IN_PER_GROUP = 4
+_MAX_AUTO_PRODUCTS = 49
 _MAX_BLOCKS = 16
 
 
@@ -99,9 +109,10 @@ def use_shift(
         return False
     if not jnp.issubdtype(dtype, jnp.floating):
         return False
-    if in_channels // groups > _MAX_IN_PER_GROUP:
+    per_group = in_channels // groups
+    if per_group > _MAX_IN_PER_GROUP:
         return False
-    return math.prod(kernel_size) <= _MAX_AUTO_TAPS
+    return per_group * math.prod(kernel_size) <= _MAX_AUTO_PRODUCTS
 
 
 # --- The lowering ---------------------------------------------------------------------
