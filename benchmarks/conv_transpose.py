@@ -98,7 +98,7 @@ def jax_fns(case: Case, key: Any) -> dict[str, tuple[Callable, Callable, tuple]]
         def op(w, b, x, lowering: Lowering = lowering):
             f = lambda xi: eqxconv.conv_transpose(  # noqa: E731
                 xi, w, stride=c.stride, padding=c.padding,
-                output_padding=c.output_padding, lowering=lowering,
+                output_padding=c.output_padding, impl=lowering,
             )  # fmt: skip
             return jax.vmap(f)(x) + b
 

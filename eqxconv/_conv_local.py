@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from typing import Any, TypedDict
 
 import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Inexact, PRNGKeyArray
 from typing_extensions import Unpack
 
@@ -208,7 +210,7 @@ class ConvLocal(eqx.Module):
     @checked_call
     def __call__(
         self,
-        x: Inexact[Array, " {self.in_channels} *spatial"],
+        x: Inexact[Array | np.ndarray, " {self.in_channels} *spatial"],
         *,
         key: PRNGKeyArray | None = None,
     ) -> Inexact[Array, " {self.out_channels} *out_spatial"]:
@@ -223,7 +225,7 @@ class ConvLocal(eqx.Module):
         An array of shape `(out_channels, *out_spatial_shape(in_spatial_shape))`.
         """
         out = conv_local_normalised(
-            x,
+            jnp.asarray(x),
             apply_mask(self.weight, self.mask),
             kernel_size=self.kernel_size,
             stride=self.stride,

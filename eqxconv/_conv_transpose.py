@@ -2,9 +2,11 @@
 
 import math
 from collections.abc import Sequence
-from typing import Any, TypedDict
+from typing import Any, cast, TypedDict
 
 import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Inexact, PRNGKeyArray
 from typing_extensions import Unpack
 
@@ -16,8 +18,10 @@ from ._init import (
     Initializer,
     parameter_dtype,
 )
+from ._lowering_transpose import Lowering, LOWERINGS
 from ._ops import conv_transpose_normalised
 from ._padding import (
+    check_choice,
     check_groups,
     check_num_spatial_dims,
     check_output_padding,
@@ -39,6 +43,7 @@ class TransposeExtras(TypedDict, total=False):
     mask: Any
     precision: Any
     preferred_element_type: Any
+    impl: str
 
 
 class ConvTranspose(eqx.Module):
@@ -73,6 +78,7 @@ class ConvTranspose(eqx.Module):
     mask: Array | None
     precision: Any = eqx.field(static=True)
     preferred_element_type: Any = eqx.field(static=True)
+    impl: str = eqx.field(static=True)
 
     def __init__(
         self,
@@ -95,6 +101,7 @@ class ConvTranspose(eqx.Module):
         mask: Any = None,
         precision: Any = None,
         preferred_element_type: Any = None,
+        impl: str = "auto",
     ):
         """**Arguments:**
 
@@ -131,6 +138,9 @@ class ConvTranspose(eqx.Module):
             gets zero gradient. A boolean mask is not an inexact array, so
             `eqx.partition(model, eqx.is_inexact_array)` does not train it.
         - `precision`, `preferred_element_type`: passed to `lax`.
+        - `impl`: how the transposed convolution is computed, as for
+            [`eqxconv.conv_transpose`][]: `'auto'` (default), `'phase'`,
+            `'interior'` or `'lhs_dilation'`; all give the same values.
         """
         n = check_num_spatial_dims(num_spatial_dims)
         in_channels = check_positive_int(in_channels, "in_channels")
@@ -169,6 +179,7 @@ class ConvTranspose(eqx.Module):
         self.mask = check_mask(mask, weight_shape)
         self.precision = precision
         self.preferred_element_type = preferred_element_type
+        self.impl = check_choice(impl, "impl", LOWERINGS)
 
     def out_spatial_shape(self, in_spatial_shape: Sequence[int]) -> tuple[int, ...]:
         """The spatial shape this layer returns for an input of spatial shape
@@ -186,7 +197,7 @@ class ConvTranspose(eqx.Module):
     @checked_call
     def __call__(
         self,
-        x: Inexact[Array, " {self.in_channels} *spatial"],
+        x: Inexact[Array | np.ndarray, " {self.in_channels} *spatial"],
         *,
         key: PRNGKeyArray | None = None,
     ) -> Inexact[Array, " {self.out_channels} *out_spatial"]:
@@ -201,7 +212,7 @@ class ConvTranspose(eqx.Module):
         An array of shape `(out_channels, *out_spatial_shape((dim_1, ..., dim_N)))`.
         """
         out = conv_transpose_normalised(
-            x,
+            jnp.asarray(x),
             apply_mask(self.weight, self.mask),
             stride=self.stride,
             padding=self.padding,
@@ -211,6 +222,7 @@ class ConvTranspose(eqx.Module):
             padding_mode=self.padding_mode,
             precision=self.precision,
             preferred_element_type=self.preferred_element_type,
+            impl=cast(Lowering, self.impl),
         )
         if self.bias is not None:
             out = out + self.bias.astype(out.dtype)

@@ -38,23 +38,15 @@ import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array
 
+from ._padding import check_choice
+
 
 IMPLS = ("auto", "xla", "shift")
 
 
 def check_impl(impl: object) -> str:
     """`impl` lower-cased, or a `TypeError`/`ValueError` naming the argument."""
-    if not isinstance(impl, str):
-        raise TypeError(
-            f"`impl` must be a string, one of {IMPLS}, got {impl!r} of type "
-            f"{type(impl).__name__}."
-        )
-    lower = impl.lower()
-    if lower not in IMPLS:
-        raise ValueError(
-            f"`impl` must be one of {IMPLS} (case-insensitive), got {impl!r}."
-        )
-    return lower
+    return check_choice(impl, "impl", IMPLS)
 
 
 # --- The heuristic --------------------------------------------------------------------

@@ -7,7 +7,7 @@ public op normalises and validates its arguments, checks its input, and calls a
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.lax as lax
@@ -19,6 +19,7 @@ from ._lowering_depthwise import check_impl, shift_conv, use_shift
 from ._lowering_patches import extract_padded, fold_padded, Strategy
 from ._lowering_transpose import Lowering, LOWERINGS, transposed_core
 from ._padding import (
+    check_choice,
     check_output_padding,
     check_positive_int,
     conv_transpose_geometry,
@@ -266,7 +267,7 @@ def conv_transpose_normalised(
     padding_mode: PaddingMode,
     precision: Any,
     preferred_element_type: Any,
-    lowering: Lowering = "auto",
+    impl: Lowering = "auto",
 ) -> Array:
     """[`eqxconv.conv_transpose`][] on already normalised arguments and a checked
     input."""
@@ -294,7 +295,7 @@ def conv_transpose_normalised(
         groups=groups,
         precision=precision,
         preferred_element_type=preferred_element_type,
-        lowering=lowering,
+        lowering=impl,
     )
     if padding_mode == "ZEROS":
         return out
@@ -313,7 +314,7 @@ def conv_transpose(
     padding_mode: str = "ZEROS",
     precision: Any = None,
     preferred_element_type: Any = None,
-    lowering: Lowering = "auto",
+    impl: str = "auto",
 ) -> Inexact[Array, " out_channels *out_spatial"]:
     """N-dimensional transposed convolution of one unbatched, channels-first input.
 
@@ -345,7 +346,7 @@ def conv_transpose(
     - `groups`: the number of channel groups; divides `in_channels` and
         `out_channels`.
     - `precision`, `preferred_element_type`: passed to `lax`.
-    - `lowering`: how the zero-padded transposed convolution is computed: `'auto'`
+    - `impl`: how the zero-padded transposed convolution is computed: `'auto'`
         (default: the sub-pixel `'phase'` decomposition when strided, unless a
         dilation above the stride would give a phase more taps than the kernel has,
         then `'interior'`; unstrided, a plain convolution), `'phase'`, `'interior'`
@@ -366,8 +367,7 @@ def conv_transpose(
     output_padding = check_output_padding(
         output_padding, n, stride, dilation, norm_padding
     )
-    if lowering not in LOWERINGS:
-        raise ValueError(f"`lowering` must be one of {LOWERINGS}, got {lowering!r}.")
+    lowering = cast(Lowering, check_choice(impl, "impl", LOWERINGS))
     where = "eqxconv.conv_transpose"
     check_input(where, x, num_spatial_dims=n, in_channels=weight.shape[1] * groups)
     kernel_size = weight.shape[2:]
@@ -389,7 +389,7 @@ def conv_transpose(
         padding_mode=mode,
         precision=precision,
         preferred_element_type=preferred_element_type,
-        lowering=lowering,
+        impl=lowering,
     )
 
 

@@ -44,6 +44,23 @@ def check_positive_int(value: object, name: str) -> int:
     return result
 
 
+def check_choice(value: object, name: str, allowed: Sequence[str]) -> str:
+    """`value` lower-cased if it is one of `allowed` (case-insensitive), else a
+    `TypeError`/`ValueError` naming the argument, the value and what is allowed."""
+    if not isinstance(value, str):
+        raise TypeError(
+            f"`{name}` must be a string, one of {tuple(allowed)}, got {value!r} of "
+            f"type {type(value).__name__}."
+        )
+    lower = value.lower()
+    if lower not in allowed:
+        raise ValueError(
+            f"`{name}` must be one of {tuple(allowed)} (case-insensitive), got "
+            f"{value!r}."
+        )
+    return lower
+
+
 def check_groups(groups: object, in_channels: int, out_channels: int) -> int:
     """`groups` as an int dividing both channel counts, or an error saying which not."""
     groups = check_positive_int(groups, "groups")

@@ -4,6 +4,8 @@
 from collections.abc import Sequence
 
 import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Inexact, PRNGKeyArray
 
 from ._checks import checked_call
@@ -88,7 +90,7 @@ class ExtractPatches(eqx.Module):
     @checked_call
     def __call__(
         self,
-        x: Inexact[Array, " channels *spatial"],
+        x: Inexact[Array | np.ndarray, " channels *spatial"],
         *,
         key: PRNGKeyArray | None = None,
     ) -> Inexact[Array, " patch_channels *out_spatial"]:
@@ -103,7 +105,7 @@ class ExtractPatches(eqx.Module):
         dim_N)))`, channel-major then kernel offsets in row-major order.
         """
         return extract_patches_normalised(
-            x,
+            jnp.asarray(x),
             kernel_size=self.kernel_size,
             stride=self.stride,
             padding=self.padding,
@@ -207,7 +209,7 @@ class FoldPatches(eqx.Module):
     @checked_call
     def __call__(
         self,
-        x: Inexact[Array, " patch_channels *patch_spatial"],
+        x: Inexact[Array | np.ndarray, " patch_channels *patch_spatial"],
         *,
         key: PRNGKeyArray | None = None,
     ) -> Inexact[Array, " channels *out_spatial"]:
@@ -223,7 +225,7 @@ class FoldPatches(eqx.Module):
         """
         check_patches("FoldPatches", x, self.kernel_size, self.in_spatial_shape)
         return fold_patches_normalised(
-            x,
+            jnp.asarray(x),
             output_size=self.output_size,
             kernel_size=self.kernel_size,
             stride=self.stride,

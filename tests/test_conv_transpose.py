@@ -377,7 +377,7 @@ def test_functional_op_matches_layer_and_lowerings_agree(getkey):
             stride=(2, 3), padding=((1, 0), (2, 1)), output_padding=(1, 2)
         )
         return [
-            eqxconv.conv_transpose(x, w, lowering=lowering, **args)
+            eqxconv.conv_transpose(x, w, impl=lowering, **args)
             for lowering in ("auto", *LOWERING_IDS)
         ]
 
@@ -389,6 +389,13 @@ def test_functional_op_matches_layer_and_lowerings_agree(getkey):
     for out in outs(x, layer.weight):
         assert out.shape == (4, 9, 8) == apply(layer, x).shape
         np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    # The layer takes the same choice of lowering.
+    interior = eqxconv.ConvTranspose2d(
+        2, 4, 3, (2, 3), ((1, 0), (2, 1)), (1, 2), use_bias=False, impl="interior",
+        key=getkey(),
+    )  # fmt: skip
+    interior = eqx.tree_at(lambda m: m.weight, interior, layer.weight)
+    np.testing.assert_allclose(apply(interior, x), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -429,8 +436,8 @@ def test_call_errors(getkey):
         layer(jnp.zeros((3, 2, 2)))
     with pytest.raises(TypeError, match="floating"):
         layer(jnp.zeros((3, 6, 6), jnp.int32))
-    with pytest.raises(ValueError, match="lowering"):
-        eqxconv.conv_transpose(jnp.zeros((3, 6)), jnp.zeros((2, 3, 3)), lowering="x")  # pyright: ignore
+    with pytest.raises(ValueError, match="impl.*'phase'.*'x'"):
+        eqxconv.conv_transpose(jnp.zeros((3, 6)), jnp.zeros((2, 3, 3)), impl="x")
     with pytest.raises(ValueError, match=r"eqxconv.conv_transpose.*channels"):
         eqxconv.conv_transpose(jnp.zeros((2, 6)), jnp.zeros((2, 3, 3)))
 
