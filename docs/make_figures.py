@@ -1,9 +1,12 @@
-"""Draw the padding figures of the docs (run by `nox -s docs`; PNGs in docs/figures).
+"""Draw the figures of the docs (run by `nox -s docs`; PNGs in docs/figures).
 
-Every figure is computed with eqxconv itself: the padding each string resolves to,
-and the values each `padding_mode` puts in the border.
+The padding figures are computed with eqxconv itself: the padding each string
+resolves to, and the values each `padding_mode` puts in the border. The benchmark
+figures plot the forward+backward tables that the `benchmarks/` scripts printed and
+that `docs/benchmarks.md` holds.
 """
 
+import re
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -81,8 +84,56 @@ def padding_modes() -> None:
     plt.close(fig)
 
 
+def _tables(markdown: str) -> dict[str, tuple[list[str], list[list[float | None]]]]:
+    """`**title**` -> (columns, rows of milliseconds) for every table in a page."""
+    tables = {}
+    for title, body in re.findall(r"\*\*(.+?)\*\*.*?\n\n((?:\|.*\n)+)", markdown):
+        lines = [line.strip().strip("|").split("|") for line in body.splitlines()]
+        columns = [c.strip() for c in lines[0][1:]]
+        rows = []
+        for cells in lines[2:]:
+            values = []
+            for cell in cells[1:]:
+                number = re.match(r"\s*([\d.]+) (?:ms|MiB)", cell)
+                values.append(float(number.group(1)) if number else None)
+            rows.append([cells[0].strip(), *values])
+        tables.setdefault(title, (columns, rows))
+    return tables
+
+
+def benchmark_bars() -> None:
+    """One log-scale bar chart per forward+backward table of docs/benchmarks.md."""
+    page = (Path(__file__).parent / "benchmarks.md").read_text()
+    sections = re.split(r"\n## ", page)[1:]
+    for section in sections:
+        family = section.split(" ", 1)[0].lower()
+        for title, (columns, rows) in _tables(section).items():
+            compact = title.replace(" ", "")
+            is_backward = "forward+backward" in compact or "fwd+bwd" in compact
+            if not is_backward or "compile" in title or "memory" in title:
+                continue
+            keep = [i for i, c in enumerate(columns) if c not in ("lax best",)]
+            fig, ax = plt.subplots(figsize=(10, 1.2 + 0.18 * len(keep) * len(rows)))
+            height = 0.8 / len(keep)
+            for j, i in enumerate(keep):
+                ys = [r + j * height for r in range(len(rows))]
+                values = [row[1 + i] or 0.0 for row in rows]
+                ax.barh(ys, values, height=height, label=columns[i], color=f"C{j}")
+            ax.set_yticks([r + 0.4 - height / 2 for r in range(len(rows))])
+            ax.set_yticklabels([str(row[0]) for row in rows], fontsize=8)
+            ax.set_xscale("log")
+            ax.set_xlabel("forward+backward, ms (log scale; shorter is faster)")
+            ax.invert_yaxis()
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+            fig.tight_layout()
+            fig.savefig(FIGURES / f"bench_{family}.png", dpi=80)
+            plt.close(fig)
+            break
+
+
 if __name__ == "__main__":
     FIGURES.mkdir(exist_ok=True)
     padding_strings()
     padding_modes()
+    benchmark_bars()
     print(f"figures written to {FIGURES}")
