@@ -21,9 +21,7 @@ from ._init import (
 from ._lowering_depthwise import check_impl
 from ._ops import conv_normalised
 from ._padding import (
-    check_groups,
-    check_num_spatial_dims,
-    check_positive_int,
+    check_layer_args,
     normalise_padding,
     Padding,
     PaddingLike,
@@ -125,13 +123,9 @@ class Conv(eqx.Module):
             convolution forward and backward, else `lax.conv_general_dilated`),
             `'xla'` or `'shift'`.
         """
-        n = check_num_spatial_dims(num_spatial_dims)
-        in_channels = check_positive_int(in_channels, "in_channels")
-        out_channels = check_positive_int(out_channels, "out_channels")
-        groups = check_groups(groups, in_channels, out_channels)
-        kernel_size = to_tuple(kernel_size, n, "kernel_size")
-        if not isinstance(use_bias, bool):
-            raise TypeError(f"`use_bias` must be a bool, got {use_bias!r}.")
+        n, in_channels, out_channels, kernel_size, groups = check_layer_args(
+            num_spatial_dims, in_channels, out_channels, kernel_size, groups, use_bias
+        )
         dtype = parameter_dtype(dtype)
 
         self.num_spatial_dims = n

@@ -21,8 +21,7 @@ from ._init import (
 )
 from ._ops import conv_local_normalised
 from ._padding import (
-    check_groups,
-    check_num_spatial_dims,
+    check_layer_args,
     check_positive_int,
     normalise_padding,
     Padding,
@@ -152,13 +151,9 @@ class ConvLocal(eqx.Module):
             batches the weight-sized buffers dominate and chunking can cost a
             little memory instead (batch 8: 37.0 against 33.6 MiB).
         """
-        n = check_num_spatial_dims(num_spatial_dims)
-        in_channels = check_positive_int(in_channels, "in_channels")
-        out_channels = check_positive_int(out_channels, "out_channels")
-        groups = check_groups(groups, in_channels, out_channels)
-        kernel_size = to_tuple(kernel_size, n, "kernel_size")
-        if not isinstance(use_bias, bool):
-            raise TypeError(f"`use_bias` must be a bool, got {use_bias!r}.")
+        n, in_channels, out_channels, kernel_size, groups = check_layer_args(
+            num_spatial_dims, in_channels, out_channels, kernel_size, groups, use_bias
+        )
         if chunk_size is not None:
             chunk_size = check_positive_int(chunk_size, "chunk_size")
         dtype = parameter_dtype(dtype)

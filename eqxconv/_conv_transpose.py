@@ -22,10 +22,8 @@ from ._lowering_transpose import Lowering, LOWERINGS
 from ._ops import conv_transpose_normalised
 from ._padding import (
     check_choice,
-    check_groups,
-    check_num_spatial_dims,
+    check_layer_args,
     check_output_padding,
-    check_positive_int,
     conv_transpose_geometry,
     normalise_padding,
     Padding,
@@ -142,13 +140,9 @@ class ConvTranspose(eqx.Module):
             [`eqxconv.conv_transpose`][]: `'auto'` (default), `'phase'`,
             `'interior'` or `'lhs_dilation'`; all give the same values.
         """
-        n = check_num_spatial_dims(num_spatial_dims)
-        in_channels = check_positive_int(in_channels, "in_channels")
-        out_channels = check_positive_int(out_channels, "out_channels")
-        groups = check_groups(groups, in_channels, out_channels)
-        kernel_size = to_tuple(kernel_size, n, "kernel_size")
-        if not isinstance(use_bias, bool):
-            raise TypeError(f"`use_bias` must be a bool, got {use_bias!r}.")
+        n, in_channels, out_channels, kernel_size, groups = check_layer_args(
+            num_spatial_dims, in_channels, out_channels, kernel_size, groups, use_bias
+        )
         dtype = parameter_dtype(dtype)
         stride = to_tuple(stride, n, "stride")
         dilation = to_tuple(dilation, n, "dilation")

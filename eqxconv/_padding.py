@@ -79,6 +79,30 @@ def check_num_spatial_dims(num_spatial_dims: object) -> int:
     return check_positive_int(num_spatial_dims, "num_spatial_dims")
 
 
+def check_layer_args(
+    num_spatial_dims: object,
+    in_channels: object,
+    out_channels: object,
+    kernel_size: int | Sequence[int],
+    groups: object,
+    use_bias: object,
+) -> tuple[int, int, int, tuple[int, ...], int]:
+    """The shape arguments every layer with weights validates at construction.
+
+    **Returns:**
+
+    `(num_spatial_dims, in_channels, out_channels, kernel_size, groups)`, normalised.
+    """
+    n = check_num_spatial_dims(num_spatial_dims)
+    in_channels = check_positive_int(in_channels, "in_channels")
+    out_channels = check_positive_int(out_channels, "out_channels")
+    groups = check_groups(groups, in_channels, out_channels)
+    kernel_size = to_tuple(kernel_size, n, "kernel_size")
+    if not isinstance(use_bias, bool):
+        raise TypeError(f"`use_bias` must be a bool, got {use_bias!r}.")
+    return n, in_channels, out_channels, kernel_size, groups
+
+
 def to_tuple(
     value: int | Sequence[int], num_spatial_dims: int, name: str, *, minimum: int = 1
 ) -> tuple[int, ...]:
