@@ -118,6 +118,7 @@ def checked_call(
                 in_spatial_shape=getattr(self, "in_spatial_shape", None),
             )
             check_fits(where, x.shape, lambda: self.out_spatial_shape(x.shape[1:]))
-            return typechecked(self, x)
+            # numpy inputs (data loaders, `check_grads`) are welcome: convert once here.
+            return typechecked(self, jnp.asarray(x))
 
     return __call__

@@ -5,8 +5,6 @@ from collections.abc import Sequence
 from typing import Any, TypedDict
 
 import equinox as eqx
-import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Inexact, PRNGKeyArray
 from typing_extensions import Unpack
 
@@ -23,11 +21,10 @@ from ._ops import conv_normalised
 from ._padding import (
     check_layer_args,
     normalise_padding,
+    padded_output_shape,
     Padding,
     PaddingLike,
     PaddingMode,
-    resolve_padding,
-    spatial_output_shape,
     to_tuple,
 )
 
@@ -155,17 +152,14 @@ class Conv(eqx.Module):
     def out_spatial_shape(self, in_spatial_shape: Sequence[int]) -> tuple[int, ...]:
         """The spatial shape this layer returns for an input of spatial shape
         `in_spatial_shape` (pure Python; `ValueError` if the kernel does not fit)."""
-        pairs = resolve_padding(
+        return padded_output_shape(
             self.padding, in_spatial_shape, self.kernel_size, self.stride, self.dilation
-        )
-        return spatial_output_shape(
-            in_spatial_shape, pairs, self.kernel_size, self.stride, self.dilation
         )
 
     @checked_call
     def __call__(
         self,
-        x: Inexact[Array | np.ndarray, " {self.in_channels} *spatial"],
+        x: Inexact[Array, " {self.in_channels} *spatial"],
         *,
         key: PRNGKeyArray | None = None,
     ) -> Inexact[Array, " {self.out_channels} *out_spatial"]:
@@ -180,7 +174,7 @@ class Conv(eqx.Module):
         An array of shape `(out_channels, *out_spatial_shape((dim_1, ..., dim_N)))`.
         """
         out = conv_normalised(
-            jnp.asarray(x),
+            x,
             apply_mask(self.weight, self.mask),
             stride=self.stride,
             padding=self.padding,

@@ -6,8 +6,6 @@ from collections.abc import Sequence
 from typing import Any, TypedDict
 
 import equinox as eqx
-import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Inexact, PRNGKeyArray
 from typing_extensions import Unpack
 
@@ -24,11 +22,10 @@ from ._padding import (
     check_layer_args,
     check_positive_int,
     normalise_padding,
+    padded_output_shape,
     Padding,
     PaddingLike,
     PaddingMode,
-    resolve_padding,
-    spatial_output_shape,
     to_tuple,
 )
 
@@ -195,17 +192,14 @@ class ConvLocal(eqx.Module):
         """The spatial shape this layer returns for an input of spatial shape
         `in_spatial_shape` (pure Python; `ValueError` if the kernel does not fit).
         Calls accept only `in_spatial_shape == self.in_spatial_shape`."""
-        pairs = resolve_padding(
+        return padded_output_shape(
             self.padding, in_spatial_shape, self.kernel_size, self.stride, self.dilation
-        )
-        return spatial_output_shape(
-            in_spatial_shape, pairs, self.kernel_size, self.stride, self.dilation
         )
 
     @checked_call
     def __call__(
         self,
-        x: Inexact[Array | np.ndarray, " {self.in_channels} *spatial"],
+        x: Inexact[Array, " {self.in_channels} *spatial"],
         *,
         key: PRNGKeyArray | None = None,
     ) -> Inexact[Array, " {self.out_channels} *out_spatial"]:
@@ -220,7 +214,7 @@ class ConvLocal(eqx.Module):
         An array of shape `(out_channels, *out_spatial_shape(in_spatial_shape))`.
         """
         out = conv_local_normalised(
-            jnp.asarray(x),
+            x,
             apply_mask(self.weight, self.mask),
             kernel_size=self.kernel_size,
             stride=self.stride,

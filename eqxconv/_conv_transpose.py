@@ -5,8 +5,6 @@ from collections.abc import Sequence
 from typing import Any, cast, TypedDict
 
 import equinox as eqx
-import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Inexact, PRNGKeyArray
 from typing_extensions import Unpack
 
@@ -191,7 +189,7 @@ class ConvTranspose(eqx.Module):
     @checked_call
     def __call__(
         self,
-        x: Inexact[Array | np.ndarray, " {self.in_channels} *spatial"],
+        x: Inexact[Array, " {self.in_channels} *spatial"],
         *,
         key: PRNGKeyArray | None = None,
     ) -> Inexact[Array, " {self.out_channels} *out_spatial"]:
@@ -206,7 +204,7 @@ class ConvTranspose(eqx.Module):
         An array of shape `(out_channels, *out_spatial_shape((dim_1, ..., dim_N)))`.
         """
         out = conv_transpose_normalised(
-            jnp.asarray(x),
+            x,
             apply_mask(self.weight, self.mask),
             stride=self.stride,
             padding=self.padding,

@@ -285,9 +285,21 @@ def conv_output_shape(
     stride = to_tuple(stride, n, "stride")
     dilation = to_tuple(dilation, n, "dilation")
     norm_padding, _ = normalise_padding(padding, "ZEROS", n)
-    pairs = resolve_padding(
+    return padded_output_shape(
         norm_padding, in_spatial_shape, kernel_size, stride, dilation
     )
+
+
+def padded_output_shape(
+    padding: Padding,
+    in_spatial_shape: Sequence[int],
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    dilation: Sequence[int],
+) -> tuple[int, ...]:
+    """Output shape for normalised `padding` on a given input (what every sliding-window
+    layer's `out_spatial_shape` returns); `ValueError` if the kernel won't fit."""
+    pairs = resolve_padding(padding, in_spatial_shape, kernel_size, stride, dilation)
     return spatial_output_shape(in_spatial_shape, pairs, kernel_size, stride, dilation)
 
 

@@ -4,8 +4,6 @@
 from collections.abc import Sequence
 
 import equinox as eqx
-import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Inexact, PRNGKeyArray
 
 from ._checks import checked_call
@@ -20,11 +18,10 @@ from ._padding import (
     check_num_spatial_dims,
     check_positive_int,
     normalise_padding,
+    padded_output_shape,
     Padding,
     PaddingLike,
     PaddingMode,
-    resolve_padding,
-    spatial_output_shape,
     to_tuple,
 )
 
@@ -80,17 +77,14 @@ class ExtractPatches(eqx.Module):
     def out_spatial_shape(self, in_spatial_shape: Sequence[int]) -> tuple[int, ...]:
         """The patch grid's spatial shape for an input of spatial shape
         `in_spatial_shape` (pure Python; `ValueError` if the window does not fit)."""
-        pairs = resolve_padding(
+        return padded_output_shape(
             self.padding, in_spatial_shape, self.kernel_size, self.stride, self.dilation
-        )
-        return spatial_output_shape(
-            in_spatial_shape, pairs, self.kernel_size, self.stride, self.dilation
         )
 
     @checked_call
     def __call__(
         self,
-        x: Inexact[Array | np.ndarray, " channels *spatial"],
+        x: Inexact[Array, " channels *spatial"],
         *,
         key: PRNGKeyArray | None = None,
     ) -> Inexact[Array, " patch_channels *out_spatial"]:
@@ -105,7 +99,7 @@ class ExtractPatches(eqx.Module):
         dim_N)))`, channel-major then kernel offsets in row-major order.
         """
         return extract_patches_normalised(
-            jnp.asarray(x),
+            x,
             kernel_size=self.kernel_size,
             stride=self.stride,
             padding=self.padding,
@@ -209,7 +203,7 @@ class FoldPatches(eqx.Module):
     @checked_call
     def __call__(
         self,
-        x: Inexact[Array | np.ndarray, " patch_channels *patch_spatial"],
+        x: Inexact[Array, " patch_channels *patch_spatial"],
         *,
         key: PRNGKeyArray | None = None,
     ) -> Inexact[Array, " channels *out_spatial"]:
@@ -225,7 +219,7 @@ class FoldPatches(eqx.Module):
         """
         check_patches("FoldPatches", x, self.kernel_size, self.in_spatial_shape)
         return fold_patches_normalised(
-            jnp.asarray(x),
+            x,
             output_size=self.output_size,
             kernel_size=self.kernel_size,
             stride=self.stride,
