@@ -19,13 +19,16 @@ Everything here works on one unbatched, channels-first array whose padding has a
 been applied (extraction) or is cropped by the caller (fold).
 """
 
+import functools
 import itertools
 import math
 from collections.abc import Sequence
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
+import jax
 import jax.lax as lax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array
 
 from ._padding import is_non_overlapping
@@ -192,3 +195,79 @@ def fold_padded(
         assert total is not None
         x = total
     return x
+
+
+# Above this many output channels per group the patch tangent is one contraction
+# rather than an unrolled sum (compile time grows with the unrolled terms).
+_MAX_UNROLLED_CHANNELS = 32
+
+
+def _contract(
+    weight: Array, patches: Array, groups: int, precision: Any, pet: Any
+) -> Array:
+    """`out[o, l] = sum_j weight[o, j, l] * patches[group(o) * J + j, l]`, one
+    contraction with the positions `l` as a batch dimension."""
+    out_channels, per_group = weight.shape[:2]
+    w = weight.reshape((groups, out_channels // groups, per_group, -1))
+    p = patches.reshape((groups, per_group, -1))
+    out = jnp.einsum(
+        "gojl,gjl->gol", w, p, precision=precision, preferred_element_type=pet
+    )
+    return out.reshape((out_channels, *weight.shape[2:]))
+
+
+def _contract_by_channel(weight: Array, patches: Array, groups: int, pet: Any) -> Array:
+    """[`_contract`][] as one multiply-and-sum over `j` per output channel of a group.
+
+    Transposed (the input gradient of `conv_local`), this is `sum_o g[o, l] *
+    weight[o, j, l]`: one fused elementwise loop that reads the weight in its own
+    layout. The contraction form would first copy the weight to a positions-major
+    layout, which is as large as the weight.
+    """
+    out_channels, per_group = weight.shape[:2]
+    dtype = pet if pet is not None else jnp.result_type(weight, patches)
+    w = weight.reshape((groups, out_channels // groups, per_group, -1)).astype(dtype)
+    p = patches.reshape((groups, per_group, -1)).astype(dtype)
+    rows = [jnp.sum(w[:, q] * p, axis=1) for q in range(out_channels // groups)]
+    return jnp.stack(rows, axis=1).reshape((out_channels, *weight.shape[2:]))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
+def contract_local(
+    weight: Array, patches: Array, groups: int, precision: Any, pet: Any
+) -> Array:
+    """The per-position contraction of `conv_local`: weight `(O, J, *out)` with
+    patches `(G * J, *out)`, giving `(O, *out)`.
+
+    The forward pass is one contraction. Its derivative is a custom JVP so that reverse
+    mode, which transposes the JVP, gets an input gradient that never copies the weight
+    (see [`_contract_by_channel`][]); the weight gradient stays a contraction over the
+    batch, which is what XLA does fastest. Forward mode works as usual.
+    """
+    return _contract(weight, patches, groups, precision, pet)
+
+
+def _contract_local_jvp(
+    groups: int,
+    precision: Any,
+    pet: Any,
+    primals: tuple[Array, Array],
+    tangents: tuple[Any, Any],
+) -> tuple[Array, Array]:
+    weight, patches = primals
+    weight_dot, patches_dot = tangents
+    out = contract_local(weight, patches, groups, precision, pet)
+    terms = []
+    if not isinstance(weight_dot, SymbolicZero):
+        terms.append(_contract(weight_dot, patches, groups, precision, pet))
+    if not isinstance(patches_dot, SymbolicZero):
+        if weight.shape[0] // groups <= _MAX_UNROLLED_CHANNELS:
+            terms.append(_contract_by_channel(weight, patches_dot, groups, pet))
+        else:
+            terms.append(_contract(weight, patches_dot, groups, precision, pet))
+    if not terms:
+        return out, jnp.zeros_like(out)
+    return out, sum(terms[1:], terms[0]).astype(out.dtype)
+
+
+contract_local.defjvp(_contract_local_jvp, symbolic_zeros=True)

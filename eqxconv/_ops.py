@@ -16,7 +16,12 @@ from jaxtyping import Array, Inexact
 
 from ._checks import check_fits, check_input
 from ._lowering_depthwise import check_impl, shift_conv, use_shift
-from ._lowering_patches import extract_padded, fold_padded, Strategy
+from ._lowering_patches import (
+    contract_local,
+    extract_padded,
+    fold_padded,
+    Strategy,
+)
 from ._lowering_transpose import Lowering, LOWERINGS, transposed_core
 from ._padding import (
     check_choice,
@@ -633,28 +638,6 @@ def fold_patches(
     )
 
 
-def _contract_local(
-    weight: Array,
-    patches: Array,
-    groups: int,
-    precision: Any,
-    preferred_element_type: Any,
-) -> Array:
-    """`out[o, p] = sum_j weight[o, j, p] * patches[group(o) * J + j, p]`."""
-    out_channels, per_group = weight.shape[:2]
-    out_shape = weight.shape[2:]
-    w = weight.reshape((groups, out_channels // groups, per_group, -1))
-    p = patches.reshape((groups, per_group, -1))
-    out = jnp.einsum(
-        "gojl,gjl->gol",
-        w,
-        p,
-        precision=precision,
-        preferred_element_type=preferred_element_type,
-    )
-    return out.reshape((out_channels, *out_shape))
-
-
 def chunk_rows(chunk_size: int | None, out_shape: Sequence[int]) -> int | None:
     """Output rows (first spatial dimension) per chunk, or `None` for no chunking."""
     if chunk_size is None:
@@ -689,7 +672,7 @@ def conv_local_normalised(
     rows = chunk_rows(chunk_size, out_shape)
     if rows is None:
         patches = extract_padded(xp, kernel_size, stride, dilation, out_shape)
-        return _contract_local(
+        return contract_local(
             weight, patches, groups, precision, preferred_element_type
         )
 
@@ -716,7 +699,7 @@ def conv_local_normalised(
         w_chunk, index = chunk
         x_slab = lax.dynamic_slice_in_dim(xp, index * step_rows, slab, axis=1)
         patches = extract_padded(x_slab, kernel_size, stride, dilation, (rows, *rest))
-        out = _contract_local(
+        out = contract_local(
             w_chunk, patches, groups, precision, preferred_element_type
         )
         return carry, out

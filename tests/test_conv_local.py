@@ -85,6 +85,45 @@ def test_against_lax_local(case, getkey):
         np.testing.assert_allclose(g, g_expected, rtol=1e-4, atol=1e-4)
 
 
+# 3 output channels per group take the unrolled input tangent, 34 the contraction.
+@pytest.mark.parametrize("cout, groups", [(6, 2), (34, 1)])
+def test_forward_mode_and_second_order(cout, groups, getkey):
+    """conv_local's custom JVP against lax's autodiff: `jax.jvp` (forward mode), and
+    a Hessian-vector product (forward over reverse), in the weight and the input."""
+    k, s, d, pairs = (3, 2), (1, 2), (2, 1), ((1, 0), (2, 1))
+    weight = jr.normal(getkey(), (cout, (4 // groups) * 6, 4, 5))
+    xs = jr.normal(getkey(), (2, 4, 7, 8))
+    r = jr.normal(getkey(), (2, cout, 4, 5))
+
+    def ours(w, x):
+        return eqxconv.conv_local(
+            x, w, kernel_size=k, stride=s, padding=pairs, dilation=d, groups=groups,
+            padding_mode="REFLECT", precision="highest",
+        )  # fmt: skip
+
+    def oracle(w, x):
+        return lax_local(x, w, k, s, pairs, d, groups, "REFLECT")
+
+    def loss(f):
+        return lambda w, xs: jnp.sum(jax.vmap(f, (None, 0))(w, xs) ** 2 * r)
+
+    tangents = (jr.normal(getkey(), weight.shape), jr.normal(getkey(), xs.shape))
+
+    @jax.jit
+    def run(w, xs):
+        results = []
+        for f in (ours, oracle):
+            batched = jax.vmap(f, (None, 0))
+            _, jvp_out = jax.jvp(batched, (w, xs), tangents)
+            _, hvp = jax.jvp(jax.grad(loss(f), (0, 1)), (w, xs), tangents)
+            results.append((jvp_out, *hvp))
+        return results
+
+    got, expected = run(weight, xs)
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-3)
+
+
 @pytest.mark.parametrize("chunk_size", [None, 7])
 def test_functional_and_flax(chunk_size, getkey):
     """conv_local == Flax's ConvLocal with the kernel converted to its
