@@ -87,6 +87,50 @@ def _window_slice(
     return lax.slice_in_dim(x, start, start + (out - 1) * stride + 1, stride, axis)
 
 
+def _windows(x: Array, axis: int, k: int, s: int, d: int, o: int) -> Array:
+    """The `k` windows along `axis` (`x[..., j * d :: s][:o]` for each offset `j`),
+    stacked into a new axis before it: `(..., k, o, ...)`.
+
+    With a stride the axis is first split into `(blocks, s)`, so that every window is a
+    contiguous slice of one phase (offset `j * d = q * s + r` is blocks `q : q + o` of
+    phase `r`), and with no dilation one slice of the blocks serves `s` offsets at
+    once. Strided slices would transpose (in the backward pass) to interior padding;
+    these are contiguous, which compiles and runs faster (1.2-1.5x and 2-3x measured
+    at k=3-4, s=2 on 2 CPU cores).
+    """
+    if s == 1:
+        return jnp.stack([_window_slice(x, axis, j, o, 1, d) for j in range(k)], axis)
+    phases = [divmod(j * d, s) for j in range(k)]
+    blocks = max(-(-x.shape[axis] // s), max(q for q, _ in phases) + o)
+    x = lax.pad(
+        x, _zero(x), _axis_pad(x.ndim, axis, (0, blocks * s - x.shape[axis], 0))
+    )
+    x = x.reshape((*x.shape[:axis], blocks, s, *x.shape[axis + 1 :]))
+    if d == 1:
+        # Offsets q * s + r for r < s: slice q of the blocks holds all s phases.
+        n_slices = -(-k // s)
+        slices = [lax.slice_in_dim(x, q, q + o, axis=axis) for q in range(n_slices)]
+        x = jnp.moveaxis(jnp.stack(slices, axis), axis + 2, axis + 1)
+        x = x.reshape((*x.shape[:axis], n_slices * s, *x.shape[axis + 2 :]))
+        return lax.slice_in_dim(x, 0, k, axis=axis)
+    windows = [
+        lax.slice_in_dim(lax.index_in_dim(x, r, axis + 1, False), q, q + o, axis=axis)
+        for q, r in phases
+    ]
+    return jnp.stack(windows, axis)
+
+
+def _zero(x: Array) -> Array:
+    return jnp.zeros((), x.dtype)
+
+
+def _axis_pad(
+    ndim: int, axis: int, config: tuple[int, int, int]
+) -> list[tuple[int, int, int]]:
+    """A `lax.pad` config that pads only `axis`."""
+    return [(0, 0, 0)] * axis + [config] + [(0, 0, 0)] * (ndim - axis - 1)
+
+
 def extract_padded(
     x: Array,
     kernel_size: Sequence[int],
@@ -127,7 +171,7 @@ def extract_padded(
     # Separable: dimension i's axis becomes (k_i, O_i), giving (C, k1, O1, ..., kn, On).
     for i, (k, s, d, o) in enumerate(zip(kernel_size, stride, dilation, out_shape)):
         axis = 1 + 2 * i
-        x = jnp.stack([_window_slice(x, axis, j, o, s, d) for j in range(k)], axis=axis)
+        x = _windows(x, axis, k, s, d, o)
     perm = (0, *range(1, 2 * n, 2), *range(2, 2 * n + 1, 2))
     return x.transpose(perm).reshape((size, *out_shape))
 

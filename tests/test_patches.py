@@ -40,6 +40,10 @@ CASES = [
     (2, (5, 6, 4), 2, 1, 1, 1, "ZEROS"),
     (2, (4, 6, 6), 2, 2, 0, 1, "ZEROS"),  # 3D reshape
     (1, (5, 5, 5), 3, (1, 2, 1), "SAME", (1, 1, 2), "REFLECT"),
+    # Strided windows are phase slices: stride with dilation, stride above kernel.
+    (2, (15, 13), 3, 2, 1, (2, 3), "ZEROS"),
+    (1, (14,), 2, 3, 1, 1, "ZEROS"),
+    (1, (16,), 5, 3, 0, 2, "REFLECT"),
 ]
 IDS = [f"{len(c[1])}d-k{c[2]}-s{c[3]}-p{c[4]}-d{c[5]}-{c[6]}" for c in CASES]
 
