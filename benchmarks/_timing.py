@@ -35,12 +35,16 @@ def median_time(
     return statistics.median(times)
 
 
-def compile_seconds(fn: Callable[..., Any], *args: Any) -> float:
-    """Cold lowering + compile time of `jax.jit(fn)` on `args` (caches cleared)."""
-    jax.clear_caches()
-    start = time.perf_counter()
-    jax.jit(fn).lower(*args).compile()
-    return time.perf_counter() - start
+def compile_seconds(fn: Callable[..., Any], *args: Any, repeats: int = 3) -> float:
+    """Cold lowering + compile time of `jax.jit(fn)` on `args` (caches cleared before
+    each try), the median of `repeats` tries: one cold compile varies by 1.5x here."""
+    times = []
+    for _ in range(repeats):
+        jax.clear_caches()
+        start = time.perf_counter()
+        jax.jit(fn).lower(*args).compile()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def peak_bytes(fn: Callable[..., Any], *args: Any) -> int:

@@ -7,13 +7,19 @@ are plain data movement, so that both directions are cheap:
 
 - non-overlapping windows (`stride == kernel_size`, no dilation: ViT patchify) are a
   reshape and a transpose, and so is their fold;
-- otherwise windows are strided slices of the padded input, taken one spatial
-  dimension at a time (`'separable'`: `kernel_size[i]` slices along dimension `i`,
-  stacked, then one transpose to the patch order), or one slice per kernel offset
-  (`'slices'`). The fold (the adjoint) is a sum of zero-padded (`lax.pad` with
-  interior padding) copies, again dimension by dimension or per offset. Autodiff of
-  one is the other, so forward and backward both stay slices, pads and adds, which
-  XLA fuses into a few loops.
+- otherwise windows are slices of the padded input, taken one spatial dimension at a
+  time (`'separable'`: the `kernel_size[i]` windows along dimension `i`, stacked,
+  then one transpose to the patch order), or one strided slice per kernel offset
+  (`'slices'`). Along a strided dimension the separable windows are contiguous
+  slices of the axis split into `(blocks, stride)` phases, so that their transpose
+  is plain padding rather than interior padding. The fold (the adjoint) is a sum of
+  zero-padded (`lax.pad` with interior padding) copies, again dimension by
+  dimension or per offset. Autodiff of one is the other, so forward and backward
+  both stay slices, pads and adds, which XLA fuses into a few loops.
+
+`conv_local` contracts the patches with its per-position weight in
+[`contract_local`][], whose custom JVP keeps the input gradient from copying the
+weight.
 
 Everything here works on one unbatched, channels-first array whose padding has already
 been applied (extraction) or is cropped by the caller (fold).

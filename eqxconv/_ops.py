@@ -757,7 +757,9 @@ def conv_local(
     ..., dimension_numbers=("NCHW", "OIHW", "NCHW"))[0]`; `groups > 1` (which `lax`
     refuses) splits the channels as [`eqxconv.conv`][] does. Patches are extracted with
     data movement only (see [`eqxconv.extract_patches`][]) and contracted with the
-    weight per output position. Batch it with `jax.vmap`.
+    weight per output position; the input gradient is a fused multiply-sum over the
+    output channels (a custom JVP, so forward mode works too). Batch it with
+    `jax.vmap`.
 
     **Arguments:**
 
