@@ -18,8 +18,8 @@ are plain data movement, so that both directions are cheap:
   both stay slices, pads and adds, which XLA fuses into a few loops.
 
 `conv_local` contracts the patches with its per-position weight in
-[`contract_local`][], whose custom JVP keeps the input gradient from copying the
-weight.
+[`conv_local_padded`][], whose custom JVP keeps the input gradient from copying the
+weight and the weight gradient to one slice of patches at a time.
 
 Everything here works on one unbatched, channels-first array whose padding has already
 been applied (extraction) or is cropped by the caller (fold).
@@ -29,7 +29,7 @@ import functools
 import itertools
 import math
 from collections.abc import Sequence
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, NamedTuple, TypeAlias
 
 import jax
 import jax.lax as lax
@@ -304,35 +304,85 @@ def _contract_by_channel(weight: Array, patches: Array, groups: int, pet: Any) -
     return jnp.stack(rows, axis=1).reshape((out_channels, *weight.shape[2:]))
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
-def contract_local(
-    weight: Array, patches: Array, groups: int, precision: Any, pet: Any
-) -> Array:
-    """The per-position contraction of `conv_local`: weight `(O, J, *out)` with
-    patches `(G * J, *out)`, giving `(O, *out)`.
+# The weight gradient is computed in this many slices of the input channels (of each
+# group), so that only one slice's patches are live next to the gradient's
+# positions-major buffer (see `_weight_tangent`).
+_WEIGHT_GRADIENT_SLICES = 4
 
-    The forward pass is one contraction. Its derivative is a custom JVP so that reverse
-    mode, which transposes the JVP, gets an input gradient that never copies the weight
-    (see [`_contract_by_channel`][]); the weight gradient stays a contraction over the
-    batch, which is what XLA does fastest. Forward mode works as usual.
+
+def _weight_tangent(
+    weight_dot: Array, xp: Array, geometry: "LocalGeometry", out_shape: tuple[int, ...]
+) -> Array:
+    """The tangent of `conv_local` in its weight: `_contract(weight_dot, patches)`,
+    summed over slices of the input channels, each with its own patches.
+
+    Transposed, this is the weight gradient: per slice, one contraction over the batch
+    with the positions as a batch dimension, which XLA CPU writes positions-major (a
+    buffer as large as the weight) before moving it into the weight's layout. With the
+    patches of one channel slice at a time, that buffer is the only large one alive:
+    at 16->16 channels, 3x3, 32x32, batch 8, peak memory 31.2 -> 28.2 MiB (Flax's
+    ConvLocal: 29.2), at the same speed.
     """
+    kernel_size, stride, dilation, groups, precision, pet = geometry
+    per_group = xp.shape[0] // groups
+    taps = math.prod(kernel_size)
+    step = -(-per_group // min(_WEIGHT_GRADIENT_SLICES, per_group))
+    by_group = xp.reshape((groups, per_group, *xp.shape[1:]))
+    total = None
+    for start in range(0, per_group, step):
+        stop = min(per_group, start + step)
+        x_slice = by_group[:, start:stop].reshape((-1, *xp.shape[1:]))
+        patches = extract_padded(x_slice, kernel_size, stride, dilation, out_shape)
+        w_slice = weight_dot[:, start * taps : stop * taps]
+        term = _contract(w_slice, patches, groups, precision, pet)
+        total = term if total is None else total + term
+    assert total is not None
+    return total
+
+
+class LocalGeometry(NamedTuple):
+    """The static arguments of [`conv_local_padded`][] (hashable, for `custom_jvp`)."""
+
+    kernel_size: tuple[int, ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    groups: int
+    precision: Any
+    preferred_element_type: Any
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def conv_local_padded(weight: Array, xp: Array, geometry: LocalGeometry) -> Array:
+    """`conv_local` of an already padded `(C, *spatial)` input `xp` with a weight
+    `(O, (C // groups) * prod(kernel_size), *out)`, giving `(O, *out)`.
+
+    The forward pass extracts the patches and contracts them with the weight, with the
+    positions as a batch dimension. The derivative is a custom JVP, so that reverse
+    mode, which transposes it, never copies the weight into a positions-major layout
+    for the input gradient (see [`_contract_by_channel`][]) and keeps one slice of
+    patches alive at a time for the weight gradient (see [`_weight_tangent`][]);
+    forward mode works as usual.
+    """
+    kernel_size, stride, dilation, groups, precision, pet = geometry
+    patches = extract_padded(xp, kernel_size, stride, dilation, weight.shape[2:])
     return _contract(weight, patches, groups, precision, pet)
 
 
-def _contract_local_jvp(
-    groups: int,
-    precision: Any,
-    pet: Any,
+def _conv_local_padded_jvp(
+    geometry: LocalGeometry,
     primals: tuple[Array, Array],
     tangents: tuple[Any, Any],
 ) -> tuple[Array, Array]:
-    weight, patches = primals
-    weight_dot, patches_dot = tangents
-    out = contract_local(weight, patches, groups, precision, pet)
+    weight, xp = primals
+    weight_dot, xp_dot = tangents
+    kernel_size, stride, dilation, groups, precision, pet = geometry
+    out = conv_local_padded(weight, xp, geometry)
+    out_shape = tuple(weight.shape[2:])
     terms = []
     if not isinstance(weight_dot, SymbolicZero):
-        terms.append(_contract(weight_dot, patches, groups, precision, pet))
-    if not isinstance(patches_dot, SymbolicZero):
+        terms.append(_weight_tangent(weight_dot, xp, geometry, out_shape))
+    if not isinstance(xp_dot, SymbolicZero):
+        patches_dot = extract_padded(xp_dot, kernel_size, stride, dilation, out_shape)
         if weight.shape[0] // groups <= _MAX_UNROLLED_CHANNELS:
             terms.append(_contract_by_channel(weight, patches_dot, groups, pet))
         else:
@@ -342,4 +392,4 @@ def _contract_local_jvp(
     return out, sum(terms[1:], terms[0]).astype(out.dtype)
 
 
-contract_local.defjvp(_contract_local_jvp, symbolic_zeros=True)
+conv_local_padded.defjvp(_conv_local_padded_jvp, symbolic_zeros=True)

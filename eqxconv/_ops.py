@@ -17,9 +17,10 @@ from jaxtyping import Array, Inexact
 from ._checks import check_fits, check_input
 from ._lowering_depthwise import check_impl, shift_conv, use_shift
 from ._lowering_patches import (
-    contract_local,
+    conv_local_padded,
     extract_padded,
     fold_padded,
+    LocalGeometry,
     Strategy,
 )
 from ._lowering_transpose import Lowering, LOWERINGS, transposed_core
@@ -669,12 +670,12 @@ def conv_local_normalised(
     out_shape = weight.shape[2:]
     x, weight = _promote(x, weight)
     xp = pad(x, pairs, padding_mode)
+    geometry = LocalGeometry(
+        kernel_size, stride, dilation, groups, precision, preferred_element_type
+    )
     rows = chunk_rows(chunk_size, out_shape)
     if rows is None:
-        patches = extract_padded(xp, kernel_size, stride, dilation, out_shape)
-        return contract_local(
-            weight, patches, groups, precision, preferred_element_type
-        )
+        return conv_local_padded(weight, xp, geometry)
 
     # Chunked: a `lax.scan` over slabs of `rows` output rows, so that the patches (and
     # in the backward pass their cotangents) exist one slab at a time.
@@ -698,11 +699,7 @@ def conv_local_normalised(
     def step(carry: None, chunk: tuple[Array, Array]) -> tuple[None, Array]:
         w_chunk, index = chunk
         x_slab = lax.dynamic_slice_in_dim(xp, index * step_rows, slab, axis=1)
-        patches = extract_padded(x_slab, kernel_size, stride, dilation, (rows, *rest))
-        out = contract_local(
-            w_chunk, patches, groups, precision, preferred_element_type
-        )
-        return carry, out
+        return carry, conv_local_padded(w_chunk, x_slab, geometry)
 
     _, outs = lax.scan(step, None, (w, jnp.arange(n_chunks)))
     out = jnp.moveaxis(outs, 0, 1).reshape((out_channels, n_chunks * rows, *rest))
