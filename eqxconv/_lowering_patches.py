@@ -8,14 +8,17 @@ are plain data movement, so that both directions are cheap:
 - non-overlapping windows (`stride == kernel_size`, no dilation: ViT patchify) are a
   reshape and a transpose, and so is their fold;
 - otherwise windows are slices of the padded input, taken one spatial dimension at a
-  time (`'separable'`: the `kernel_size[i]` windows along dimension `i`, stacked,
-  then one transpose to the patch order), or one strided slice per kernel offset
-  (`'slices'`). Along a strided dimension the separable windows are contiguous
-  slices of the axis split into `(blocks, stride)` phases, so that their transpose
-  is plain padding rather than interior padding. The fold (the adjoint) is a sum of
-  zero-padded (`lax.pad` with interior padding) copies, again dimension by
-  dimension or per offset. Autodiff of one is the other, so forward and backward
-  both stay slices, pads and adds, which XLA fuses into a few loops.
+  time (`'separable'`: the `kernel_size[i]` windows along dimension `i`, then one
+  transpose to the patch order), or one strided slice per kernel offset
+  (`'slices'`). The separable windows are built without concatenations, which XLA
+  CPU compiles slowly: along a major axis from a broadcast, reshapes, a pad and a
+  slice (`_shifted_windows`), along the minor axis as a sum of zero-padded slices
+  (`_stack`); along a strided dimension from the axis split into `(blocks, stride)`
+  phases, so that every window is contiguous and its transpose is plain padding
+  rather than interior padding. The fold (the adjoint) is a sum of zero-padded
+  (`lax.pad` with interior padding) copies, again dimension by dimension or per
+  offset. Autodiff of one is the other, so forward and backward both stay slices,
+  pads, reshapes and adds, which XLA fuses into a few loops.
 
 `conv_local` contracts the patches with its per-position weight in
 [`conv_local_padded`][], whose custom JVP keeps the input gradient from copying the
@@ -128,7 +131,7 @@ def _windows(x: Array, axis: int, k: int, s: int, d: int, o: int) -> Array:
     if s == 1:
         if axis < x.ndim - 1:
             return _shifted_windows(x, axis, k, d, o)
-        return jnp.stack([_window_slice(x, axis, j, o, 1, d) for j in range(k)], axis)
+        return _stack([_window_slice(x, axis, j, o, 1, d) for j in range(k)], axis)
     phases = [divmod(j * d, s) for j in range(k)]
     blocks = max(-(-x.shape[axis] // s), max(q for q, _ in phases) + o)
     x = lax.pad(
@@ -145,7 +148,25 @@ def _windows(x: Array, axis: int, k: int, s: int, d: int, o: int) -> Array:
         lax.slice_in_dim(lax.index_in_dim(x, r, axis + 1, False), q, q + o, axis=axis)
         for q, r in phases
     ]
-    return jnp.stack(windows, axis)
+    return _stack(windows, axis)
+
+
+def _stack(arrays: list[Array], axis: int) -> Array:
+    """`jnp.stack(arrays, axis)` as a sum of zero-padded copies.
+
+    XLA CPU fuses the pads and adds into one loop that runs as fast as a concatenation
+    but compiles in about half the time (129 vs 203 ms for a 3x3 extraction and its
+    gradient); the transpose is slices and adds either way.
+    """
+    zero = _zero(arrays[0])
+    total = None
+    for index, array in enumerate(arrays):
+        array = jnp.expand_dims(array, axis)
+        config = _axis_pad(array.ndim, axis, (index, len(arrays) - 1 - index, 0))
+        term = lax.pad(array, zero, config)
+        total = term if total is None else total + term
+    assert total is not None
+    return total
 
 
 def _zero(x: Array) -> Array:
