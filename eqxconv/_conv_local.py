@@ -144,9 +144,9 @@ class ConvLocal(eqx.Module):
             are computed at once, to bound peak memory on large inputs (see
             [`eqxconv.conv_local`][]); the result is the same. It bounds the patch
             tensor, which grows with the batch (at batch 64, 16->16 channels, 3x3,
-            32x32: peak 102 MiB unchunked, 52 MiB with `chunk_size=60`); at small
+            32x32: peak 102 MiB unchunked, 47 MiB with `chunk_size=60`); at small
             batches the weight-sized buffers dominate and chunking can cost a
-            little memory instead (batch 8: 37.0 against 33.6 MiB).
+            little memory instead (batch 8: 33.9 against 27.3 MiB).
         """
         n, in_channels, out_channels, kernel_size, groups = check_layer_args(
             num_spatial_dims, in_channels, out_channels, kernel_size, groups, use_bias

@@ -15,10 +15,12 @@ are plain data movement, so that both directions are cheap:
   slice (`_shifted_windows`), along the minor axis as a sum of zero-padded slices
   (`_stack`); along a strided dimension from the axis split into `(blocks, stride)`
   phases, so that every window is contiguous and its transpose is plain padding
-  rather than interior padding. The fold (the adjoint) is a sum of zero-padded
-  (`lax.pad` with interior padding) copies, again dimension by dimension or per
-  offset. Autodiff of one is the other, so forward and backward both stay slices,
-  pads, reshapes and adds, which XLA fuses into a few loops.
+  rather than interior padding.
+
+The fold is the linear transpose of the extraction (`jax.linear_transpose`), so the
+two are exact adjoints by construction. Autodiff of one is the other, so forward and
+backward both stay slices, pads, reshapes and adds, which XLA fuses into a few
+loops.
 
 `conv_local` contracts the patches with its per-position weight in
 [`conv_local_padded`][], whose custom JVP keeps the input gradient from copying the
@@ -225,15 +227,6 @@ def extract_padded(
     return x.transpose(perm).reshape((size, *out_shape))
 
 
-def _pad_config(
-    offset: int, out: int, stride: int, dilation: int, size: int
-) -> tuple[int, int, int]:
-    """`lax.pad` config placing `out` values at `offset * dilation + stride * t` in an
-    axis of length `size`."""
-    low = offset * dilation
-    return low, size - low - ((out - 1) * stride + 1), stride - 1
-
-
 def fold_padded(
     patches: Array,
     padded_shape: Sequence[int],
@@ -243,51 +236,23 @@ def fold_padded(
     strategy: Strategy = "auto",
 ) -> Array:
     """The adjoint of [`extract_padded`][]: `(C * K, *out)` patches summed back into a
-    `(C, *padded_shape)` array."""
-    n = len(kernel_size)
-    k_total = math.prod(kernel_size)
-    channels = patches.shape[0] // k_total
-    out_shape = patches.shape[1:]
-    zero = jnp.zeros((), patches.dtype)
-    strategy = _check_strategy(strategy, kernel_size, stride, dilation)
-    if strategy == "reshape":
-        x = patches.reshape((channels, *kernel_size, *out_shape))
-        x = x.transpose((0, *itertools.chain(*((1 + n + i, 1 + i) for i in range(n)))))
-        covered = tuple(o * k for o, k in zip(out_shape, kernel_size))
-        x = x.reshape((channels, *covered))
-        config = [(0, 0, 0)] + [(0, p - c, 0) for p, c in zip(padded_shape, covered)]
-        return lax.pad(x, zero, config)
-    if strategy == "slices":
-        p = patches.reshape((channels, k_total, *out_shape))
-        total = None
-        for index, offsets in enumerate(_offsets(kernel_size)):
-            config = [(0, 0, 0)] + [
-                _pad_config(j, o, s, d, p_size)
-                for j, o, s, d, p_size in zip(
-                    offsets, out_shape, stride, dilation, padded_shape
-                )
-            ]
-            term = lax.pad(p[:, index], zero, config)
-            total = term if total is None else total + term
-        assert total is not None
-        return total
-    # Separable: (C, k1, O1, ..., kn, On), then sum each k_i out, last dimension first.
-    x = patches.reshape((channels, *kernel_size, *out_shape))
-    x = x.transpose((0, *itertools.chain(*((1 + i, 1 + n + i) for i in range(n)))))
-    for i in reversed(range(n)):
-        k, s, d, o, p_size = (
-            kernel_size[i], stride[i], dilation[i], out_shape[i], padded_shape[i]
-        )  # fmt: skip
-        axis = 1 + 2 * i
-        total = None
-        for j in range(k):
-            config = [(0, 0, 0)] * (x.ndim - 1)
-            config[axis] = _pad_config(j, o, s, d, p_size)
-            term = lax.pad(lax.index_in_dim(x, j, axis, keepdims=False), zero, config)
-            total = term if total is None else total + term
-        assert total is not None
-        x = total
-    return x
+    `(C, *padded_shape)` array.
+
+    Computed as the linear transpose of the extraction itself, so the two are exact
+    adjoints by construction, and the fold's own gradient is the (fast) extraction.
+    Against a hand-written sum of interior-padded copies this ran 2.6x faster forward
+    and 6.8x faster forward+backward, and compiled 2x faster (3x3 fold, 16 channels,
+    64x64, batch 8, 2 CPU cores).
+    """
+    channels = patches.shape[0] // math.prod(kernel_size)
+    out_shape = tuple(patches.shape[1:])
+    padded = jax.ShapeDtypeStruct((channels, *padded_shape), patches.dtype)
+
+    def extract(xp: Array) -> Array:
+        return extract_padded(xp, kernel_size, stride, dilation, out_shape, strategy)
+
+    (folded,) = jax.linear_transpose(extract, padded)(patches)
+    return folded
 
 
 # Above this many output channels per group the patch tangent is one contraction
