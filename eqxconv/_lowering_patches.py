@@ -197,9 +197,18 @@ def extract_padded(
     dilation: Sequence[int],
     out_shape: Sequence[int],
     strategy: Strategy = "auto",
+    minor_first: bool = False,
 ) -> Array:
     """Patches `(C * prod(kernel_size), *out_shape)` of an already padded
-    `(C, *spatial)` array, channel-major then kernel offsets in row-major order."""
+    `(C, *spatial)` array, channel-major then kernel offsets in row-major order.
+
+    `minor_first` takes the separable windows from the last spatial dimension to the
+    first instead of first to last (same result). Alone, first to last runs faster
+    (3x3 patches fwd+bwd 3.7 vs 4.9 ms at 16 channels, 64x64, batch 8). Inside
+    `conv_local`, whose input gradient fuses a sum over output channels into the
+    fold, minor first keeps that fusion small: it compiles 1.2-1.5x faster and peaks
+    lower (27.1 vs 28.2 MiB at 16->16, 3x3, 32x32, batch 8), so `conv_local` uses it.
+    """
     n = len(kernel_size)
     channels = x.shape[0]
     size = channels * math.prod(kernel_size)
@@ -228,9 +237,12 @@ def extract_padded(
             parts.append(lax.slice(x, start, limit, (1, *stride)))
         return jnp.stack(parts, axis=1).reshape((size, *out_shape))
     # Separable: dimension i's axis becomes (k_i, O_i), giving (C, k1, O1, ..., kn, On).
-    for i, (k, s, d, o) in enumerate(zip(kernel_size, stride, dilation, out_shape)):
-        axis = 1 + 2 * i
-        x = _windows(x, axis, k, s, d, o)
+    if minor_first:
+        for i in reversed(range(n)):
+            x = _windows(x, 1 + i, kernel_size[i], stride[i], dilation[i], out_shape[i])
+    else:
+        for i, (k, s, d, o) in enumerate(zip(kernel_size, stride, dilation, out_shape)):
+            x = _windows(x, 1 + 2 * i, k, s, d, o)
     perm = (0, *range(1, 2 * n, 2), *range(2, 2 * n + 1, 2))
     return x.transpose(perm).reshape((size, *out_shape))
 
@@ -326,7 +338,9 @@ def _weight_tangent(
     for start in range(0, per_group, step):
         stop = min(per_group, start + step)
         x_slice = by_group[:, start:stop].reshape((-1, *xp.shape[1:]))
-        patches = extract_padded(x_slice, kernel_size, stride, dilation, out_shape)
+        patches = extract_padded(
+            x_slice, kernel_size, stride, dilation, out_shape, minor_first=True
+        )
         w_slice = weight_dot[:, start * taps : stop * taps]
         term = _contract(w_slice, patches, groups, precision, pet)
         total = term if total is None else total + term
@@ -358,7 +372,9 @@ def conv_local_padded(weight: Array, xp: Array, geometry: LocalGeometry) -> Arra
     forward mode works as usual.
     """
     kernel_size, stride, dilation, groups, precision, pet = geometry
-    patches = extract_padded(xp, kernel_size, stride, dilation, weight.shape[2:])
+    patches = extract_padded(
+        xp, kernel_size, stride, dilation, weight.shape[2:], minor_first=True
+    )
     return _contract(weight, patches, groups, precision, pet)
 
 
@@ -376,7 +392,9 @@ def _conv_local_padded_jvp(
     if not isinstance(weight_dot, SymbolicZero):
         terms.append(_weight_tangent(weight_dot, xp, geometry, out_shape))
     if not isinstance(xp_dot, SymbolicZero):
-        patches_dot = extract_padded(xp_dot, kernel_size, stride, dilation, out_shape)
+        patches_dot = extract_padded(
+            xp_dot, kernel_size, stride, dilation, out_shape, minor_first=True
+        )
         if weight.shape[0] // groups <= _MAX_UNROLLED_CHANNELS:
             terms.append(_contract_by_channel(weight, patches_dot, groups, pet))
         else:
