@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 from _timing import compile_seconds, markdown, median_time, Table  # noqa: E402
 
 import eqxconv  # noqa: E402
-from eqxconv._lowering_transpose import Lowering  # noqa: E402
+from eqxconv._args import TransposeImpl  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ CASES = {
     "2d_k7_s1": Case("2D 32->32 k7 s1 p3 32x32 b8", 2, 32, 32, 7, 1, 3, 0, 32, 8),
 }
 
-LOWERINGS: tuple[Lowering, ...] = ("phase", "interior", "lhs_dilation")
+LOWERINGS: tuple[TransposeImpl, ...] = ("phase", "interior", "lhs_dilation")
 
 
 def _loss(out: Any) -> Any:
@@ -95,7 +95,7 @@ def jax_fns(case: Case, key: Any) -> dict[str, tuple[Callable, Callable, tuple]]
     add("eqxconv", layer_apply)
     for lowering in LOWERINGS:
 
-        def op(w, b, x, lowering: Lowering = lowering):
+        def op(w, b, x, lowering: TransposeImpl = lowering):
             f = lambda xi: eqxconv.conv_transpose(  # noqa: E731
                 xi, w, stride=c.stride, padding=c.padding,
                 output_padding=c.output_padding, impl=lowering,

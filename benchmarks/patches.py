@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 
 from eqxconv import extract_patches, fold_patches
-from eqxconv._ops import extract_patches_normalised
 
 
 try:
@@ -81,7 +80,7 @@ def extract_case(
 ) -> None:
     n = len(shape) - 2
     xs = jr.normal(jr.key(0), shape)
-    ks, ss, ds = (k,) * n, (s,) * n, (1,) * n
+    ks, ss = (k,) * n, (s,) * n
     pairs = ((p, p),) * n
 
     def ours(x: jax.Array) -> jax.Array:
@@ -89,15 +88,7 @@ def extract_case(
 
     def per_offset(x: jax.Array) -> jax.Array:
         return jax.vmap(
-            lambda x: extract_patches_normalised(
-                x,
-                kernel_size=ks,
-                stride=ss,
-                padding=pairs,
-                dilation=ds,
-                padding_mode="ZEROS",
-                strategy="slices",
-            )  # fmt: skip
+            lambda x: extract_patches(x, ks, stride=ss, padding=pairs, impl="slices")
         )(x)
 
     def lax_patches(x: jax.Array) -> jax.Array:

@@ -18,8 +18,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 import eqxconv  # noqa: E402
-from eqxconv._ops import pad  # noqa: E402
-from eqxconv._padding import normalise_padding, resolve_padding  # noqa: E402
+from eqxconv._args import normalise_padding  # noqa: E402
+from eqxconv._geometry import resolve_padding  # noqa: E402
+from eqxconv._padding import pad  # noqa: E402
 
 
 FIGURES = Path(__file__).parent / "figures"

@@ -17,17 +17,14 @@ from ._init import Initializer as Initializer
 from ._ops import (
     conv as conv,
     conv_local as conv_local,
+    conv_output_shape as conv_output_shape,
     conv_transpose as conv_transpose,
     extract_patches as extract_patches,
     fold_patches as fold_patches,
 )
-from ._padding import conv_output_shape as conv_output_shape
 from ._patches import ExtractPatches as ExtractPatches, FoldPatches as FoldPatches
-from ._torch import (
-    from_torch as from_torch,
-    load_torch_state_dict as load_torch_state_dict,
-    to_torch as to_torch,
-)
+from ._torch_convert import from_torch as from_torch, to_torch as to_torch
+from ._torch_state_dict import load_torch_state_dict as load_torch_state_dict
 
 
 __version__ = "0.1.0"

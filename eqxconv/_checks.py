@@ -5,8 +5,9 @@ fire identically eagerly, under `jax.jit`/`eqx.filter_jit`, and inside `jax.vmap
 """
 
 import functools
+import math
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, cast, Protocol, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -73,40 +74,149 @@ def check_input(
         )
 
 
-def check_fits(where: str, shape: tuple[int, ...], compute: Callable[[], Any]) -> Any:
-    """Run a shape computation, re-raising its `ValueError` with `where` and `shape`."""
+_Out = TypeVar("_Out")
+
+
+def check_fits(
+    where: str, shape: tuple[int, ...], compute: Callable[..., _Out], *args: Any
+) -> _Out:
+    """`compute(*args)`, a shape computation, its `ValueError` re-raised naming `where`
+    and the input's `shape`."""
     try:
-        return compute()
+        return compute(*args)
     except ValueError as error:
         raise ValueError(
             f"{where} cannot take an input of shape {shape}: {error}"
         ) from None
 
 
+def check_conv_weight(weight: Any, groups: int) -> int:
+    """Validate a functional op's weight `(out_channels, in_channels // groups,
+    *kernel_size)`; return the number of spatial dimensions."""
+    shape = tuple(getattr(weight, "shape", ()))
+    if len(shape) < 3 or 0 in shape:
+        raise ValueError(
+            "`weight` must have shape (out_channels, in_channels // groups, "
+            f"*kernel_size) with at least one spatial dimension, got shape {shape}."
+        )
+    if shape[0] % groups != 0:
+        raise ValueError(
+            f"`groups` (={groups}) must divide out_channels, `weight.shape[0]` "
+            f"(={shape[0]}); weight shape {shape}."
+        )
+    return len(shape) - 2
+
+
+def check_local_weight(
+    where: str,
+    weight: Any,
+    *,
+    in_channels: int,
+    groups: int,
+    kernel_size: tuple[int, ...],
+    out_shape: tuple[int, ...],
+) -> None:
+    """Check a locally connected weight `(O, (C // groups) * K, *out_shape)`."""
+    shape = tuple(int(s) for s in getattr(weight, "shape", ()))
+    per_group = (in_channels // groups) * math.prod(kernel_size)
+    if (
+        len(shape) != len(out_shape) + 2
+        or shape[1] != per_group
+        or shape[2:] != out_shape
+        or shape[0] % groups != 0
+    ):
+        raise ValueError(
+            f"{where} expected `weight` of shape (out_channels, (in_channels // "
+            f"groups) * prod(kernel_size), *out_spatial) = (O, {per_group}, "
+            f"{', '.join(map(str, out_shape))}) with O divisible by groups={groups}, "
+            f"for in_channels={in_channels}, kernel_size={kernel_size}; got shape "
+            f"{shape}."
+        )
+    if not jnp.issubdtype(weight.dtype, jnp.inexact):
+        raise TypeError(f"{where}: `weight` must be floating, got {weight.dtype}.")
+
+
+def check_patches(
+    where: str,
+    patches: Any,
+    kernel_size: tuple[int, ...],
+    grid_shape: tuple[int, ...],
+) -> None:
+    """Check patches `(C * prod(kernel_size), *grid_shape)` for a fold."""
+    check_input(where, patches, num_spatial_dims=len(kernel_size), in_channels=None)
+    k_total = math.prod(kernel_size)
+    shape = tuple(int(s) for s in patches.shape)
+    expected = f"(C * {k_total}, {', '.join(map(str, grid_shape))})"
+    if shape[0] % k_total != 0 or shape[1:] != grid_shape:
+        raise ValueError(
+            f"{where} expected patches of shape {expected}: a multiple of "
+            f"prod(kernel_size)={k_total} channels and the spatial shape "
+            f"{grid_shape} that extracting patches from the output gives; got shape "
+            f"{shape}."
+        )
+
+
+def check_parameters(
+    where: str,
+    parameters: dict[str, Any],
+    expected: dict[str, tuple[int, ...]],
+) -> None:
+    """Check a layer's arrays (`weight`, `bias`, `mask`, possibly replaced by tree
+    surgery) against the shapes its static configuration implies: `weight` and
+    `bias` exactly, `mask` broadcastable to the weight. `None` passes (no bias, no
+    mask)."""
+    for field, value in parameters.items():
+        if value is None:
+            continue
+        if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+            raise TypeError(
+                f"{where}.{field} must be an array, got {type(value).__name__}."
+            )
+        shape = tuple(int(size) for size in value.shape)
+        if field == "mask":
+            try:
+                fits = jnp.broadcast_shapes(shape, expected["weight"])
+            except ValueError:
+                fits = None
+            if fits == expected["weight"]:
+                continue
+            wanted = f"a shape broadcastable to the weight's {expected['weight']}"
+        elif shape == expected[field]:
+            if field == "mask" or jnp.issubdtype(value.dtype, jnp.inexact):
+                continue
+            raise TypeError(
+                f"{where}.{field} must be floating or complex, got dtype {value.dtype}."
+            )
+        else:
+            wanted = str(expected[field])
+        raise ValueError(
+            f"{where}.{field} has shape {shape}, but the layer's configuration needs "
+            f"{wanted}. A replaced array (e.g. by `eqx.tree_at`) must keep its shape; "
+            "for another configuration build a new layer."
+        )
+
+
 class _Layer(Protocol):
     num_spatial_dims: int
 
-    def out_spatial_shape(self, in_spatial_shape: Sequence[int]) -> tuple[int, ...]: ...
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
 
 
-_L = TypeVar("_L", bound=_Layer)
-_Out = TypeVar("_Out")
+def checked_call(method: _Method) -> _Method:
+    """Decorate a layer's `__call__`: the library's input check, then the method's
+    jaxtyping annotations.
 
-
-def checked_call(
-    method: Callable[[_L, Any], _Out],
-) -> Callable[..., _Out]:
-    """Decorate a layer's `__call__`: plain checks, then its jaxtyping annotations.
-
-    The library's own checks run first so that a batched input gets the `jax.vmap`
-    hint and every message names the layer; then the jaxtyping annotations of the
-    method are checked by beartype (turned off by `JAXTYPING_DISABLE=1`), all at trace
-    time, inside a `jax.named_scope` named after the layer.
+    The library's own check runs first, so that a batched input gets the `jax.vmap`
+    hint and every message names the layer; then beartype checks the jaxtyping
+    annotations (turned off by `JAXTYPING_DISABLE=1`), all at trace time, inside a
+    `jax.named_scope` named after the layer. The decorated method keeps its
+    signature, for pyright and `help()`.
     """
     typechecked = jaxtyped(typechecker=beartype)(method)
 
     @functools.wraps(method)
-    def __call__(self: _L, x: Any, *, key: Any = None) -> _Out:
+    def __call__(self: _Layer, x: Any, *, key: Any = None) -> Any:
         del key
         where = type(self).__name__
         with jax.named_scope(f"eqxconv.{where}"):
@@ -117,8 +227,7 @@ def checked_call(
                 in_channels=getattr(self, "in_channels", None),
                 in_spatial_shape=getattr(self, "in_spatial_shape", None),
             )
-            check_fits(where, x.shape, lambda: self.out_spatial_shape(x.shape[1:]))
             # numpy inputs (data loaders, `check_grads`) are welcome: convert once here.
             return typechecked(self, jnp.asarray(x))
 
-    return __call__
+    return cast(_Method, __call__)

@@ -14,28 +14,6 @@ Initializer: TypeAlias = Callable[[PRNGKeyArray, tuple[int, ...], Any], Array]
 """`(key, shape, dtype) -> array`, as `kernel_init=` and `bias_init=` take."""
 
 
-def default_floating_dtype() -> Any:
-    return jnp.float64 if jax.config.read("jax_enable_x64") else jnp.float32
-
-
-def parameter_dtype(dtype: Any) -> Any:
-    """The layer's parameter dtype: validated `dtype`, or the default floating dtype."""
-    if dtype is None:
-        return default_floating_dtype()
-    try:
-        canonical = jnp.dtype(dtype)
-    except TypeError:
-        raise TypeError(
-            f"`dtype` must be a floating or complex dtype, got {dtype!r}."
-        ) from None
-    if not jnp.issubdtype(canonical, jnp.inexact):
-        raise TypeError(
-            f"`dtype` must be a floating or complex dtype (e.g. jnp.float32, "
-            f"jnp.bfloat16, jnp.complex64), got {canonical}."
-        )
-    return canonical
-
-
 def uniform(
     key: PRNGKeyArray, shape: tuple[int, ...], dtype: Any, bound: float
 ) -> Array:
@@ -105,31 +83,3 @@ def init_parameters(
         dtype,
     )
     return weight, bias
-
-
-def check_mask(mask: Any, weight_shape: tuple[int, ...]) -> Array | None:
-    """`mask` reshaped to the weight's rank, or a `ValueError` if it won't broadcast."""
-    if mask is None:
-        return None
-    mask = jnp.asarray(mask)
-    try:
-        broadcast = jnp.broadcast_shapes(mask.shape, weight_shape)
-    except ValueError:
-        broadcast = None
-    if broadcast != weight_shape:
-        raise ValueError(
-            f"`mask` of shape {mask.shape} does not broadcast to the weight's shape "
-            f"{weight_shape}."
-        )
-    # Same rank as the weight, so no call relies on implicit rank promotion.
-    return mask.reshape((1,) * (len(weight_shape) - mask.ndim) + mask.shape)
-
-
-def apply_mask(weight: Array, mask: Array | None) -> Array:
-    """The weight with `mask` multiplied in; masked-out entries get zero gradient."""
-    if mask is None:
-        return weight
-    mask = jax.lax.stop_gradient(mask)
-    if mask.dtype == jnp.bool_:
-        return jnp.where(mask, weight, jnp.zeros((), weight.dtype))
-    return weight * mask.astype(weight.dtype)

@@ -1,4 +1,4 @@
-"""Lowerings of the zero-padded transposed convolution, and how one is chosen.
+"""Lowerings of the zero-padded transposed convolution.
 
 Every lowering computes exactly
 
@@ -20,10 +20,10 @@ another way:
     convolution with `prod(stride) * out_channels` output channels, interleaved
     afterwards ("depth to space"). No multiply ever meets an inserted zero.
 - `'lhs_dilation'`: `lax.conv_general_dilated` with `lhs_dilation`, as Equinox and
-    `lax.conv_transpose` do. Slow when strided; without a stride it is a plain
-    convolution, which is what `'auto'` then uses.
+    `lax.conv_transpose` do. Slow on CPU when strided; without a stride it is a
+    plain convolution.
 
-The stride-1 convolutions of `'interior'` and `'phase'` go through `conv_stride1`, a
+The stride-1 convolutions of `'interior'` and `'phase'` go through `_conv_stride1`, a
 `jax.custom_jvp` whose tangent in the kernel is written as channel contractions of
 shifted input slices. Transposed for reverse mode, that is the weight gradient as
 matrix products, instead of XLA CPU's weight-gradient convolution (which is
@@ -31,23 +31,22 @@ pathological for the small phase kernels), while forward mode (`jax.jvp`,
 `jax.jacfwd`) keeps working because the rule is a JVP, not a VJP. For `'phase'` the
 tangent in the input is written the same way, so the input gradient avoids XLA CPU's
 transposed convolution, which materialises patches of all `prod(stride) *
-out_channels` channels (3x slower in 3D).
+out_channels` channels.
 """
 
+import dataclasses
+import functools
 import itertools
 import math
 from collections.abc import Sequence
 from typing import Any, Literal, TypeAlias
 
-import jax
 import jax.lax as lax
 import jax.numpy as jnp
-from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array
 
+from ._bilinear import bilinear
 
-Lowering: TypeAlias = Literal["auto", "phase", "interior", "lhs_dilation"]
-LOWERINGS: tuple[Lowering, ...] = ("auto", "phase", "interior", "lhs_dilation")
 
 _Pairs: TypeAlias = tuple[tuple[int, int], ...]
 
@@ -56,200 +55,111 @@ def _zero(x: Array) -> Array:
     return jnp.zeros((), x.dtype)
 
 
-def _conv(
-    x: Array,
-    w: Array,
-    padding: _Pairs,
-    dilation: tuple[int, ...],
-    groups: int,
-    precision: Any,
-    preferred_element_type: Any,
+@dataclasses.dataclass(frozen=True)
+class Stride1Config:
+    """A stride-1 convolution `_conv_stride1` (hashable: the non-differentiable
+    argument of its custom JVP)."""
+
+    padding: _Pairs
+    dilation: tuple[int, ...]
+    groups: int
+    precision: Any
+    preferred_element_type: Any
+    input_tangent_by_taps: bool
+    """Whether the input tangent (and so, transposed, the input gradient) is a sum
+    over taps of channel contractions too, instead of XLA's transposed convolution,
+    which on CPU materialises patches of all input channels (slow for the wide phase
+    convolution, 3D especially)."""
+
+
+def _lax_conv(
+    cfg: Stride1Config, x: Array, w: Array, lhs_dilation: Any = None
 ) -> Array:
+    """`lax`'s stride-1 convolution of `cfg` (of the `lhs_dilation`-dilated `x`)."""
     out = lax.conv_general_dilated(
         x[None],
         w,
         window_strides=(1,) * (x.ndim - 1),
-        padding=padding,
-        rhs_dilation=dilation,
-        feature_group_count=groups,
-        precision=precision,
-        preferred_element_type=preferred_element_type,
+        padding=cfg.padding,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=cfg.dilation,
+        feature_group_count=cfg.groups,
+        precision=cfg.precision,
+        preferred_element_type=cfg.preferred_element_type,
     )
     return out[0]
+
+
+def _conv(cfg: Stride1Config, x: Array, w: Array) -> Array:
+    return _lax_conv(cfg, x, w)
 
 
 _MAX_STACKED_TAPS = 16
 
 
-def _kernel_tangent(
-    x: Array,
-    w_dot: Array,
-    padding: _Pairs,
-    dilation: tuple[int, ...],
-    groups: int,
-    precision: Any,
-    preferred_element_type: Any,
-) -> Array:
-    """`_conv(x, w_dot, ...)`, written as channel contractions of shifted slices.
+def _tangent_by_taps(cfg: Stride1Config, x: Array, w_dot: Array) -> Array:
+    """`_conv(cfg, x, w_dot)`, written as channel contractions of shifted slices.
 
     Linear in `w_dot` (and in `x`); its transpose in `w_dot` is the weight gradient
     `sum_q g[o, q] * x[i, q + tap]` as matrix products, and in `x` the input gradient
     as matrix products added into shifted slices, instead of convolutions. With few
-    taps the slices are stacked into one contraction, else one per tap.
+    taps the slices are stacked into one contraction (far fewer ops to compile), else
+    one contraction per tap, never materialising all the slices.
     """
-    widths = ((0, 0, 0),) + tuple((lo, hi, 0) for lo, hi in padding)
+    widths = ((0, 0, 0),) + tuple((lo, hi, 0) for lo, hi in cfg.padding)
     xp = lax.pad(x, _zero(x), widths)
     kernel = w_dot.shape[2:]
     out_spatial = tuple(
-        size - (k - 1) * d for size, k, d in zip(xp.shape[1:], kernel, dilation)
+        size - (k - 1) * d
+        for size, k, d in zip(xp.shape[1:], kernel, cfg.dilation, strict=True)
     )
-    out_channels = w_dot.shape[0]
+    out_channels, groups = w_dot.shape[0], cfg.groups
     xg = xp.reshape(groups, x.shape[0] // groups, *xp.shape[1:])
     wg = w_dot.reshape(groups, out_channels // groups, *w_dot.shape[1:])
     taps = list(itertools.product(*(range(k) for k in kernel)))
+    contract = functools.partial(
+        jnp.einsum,
+        precision=cfg.precision,
+        preferred_element_type=cfg.preferred_element_type,
+    )
 
     def window(tap: tuple[int, ...]) -> Array:
         spatial = (
-            slice(t * d, t * d + size) for t, d, size in zip(tap, dilation, out_spatial)
+            slice(t * d, t * d + size)
+            for t, d, size in zip(tap, cfg.dilation, out_spatial, strict=True)
         )
         return xg[(slice(None), slice(None), *spatial)]
 
     if len(taps) <= _MAX_STACKED_TAPS:
-        # One contraction over stacked shifted slices: far fewer ops to compile.
         patches = jnp.stack([window(tap) for tap in taps], axis=2)
-        out = jnp.einsum(
-            "goit,git...->go...",
-            wg.reshape(*wg.shape[:3], len(taps)),
-            patches,
-            precision=precision,
-            preferred_element_type=preferred_element_type,
-        )
+        w_taps = wg.reshape(*wg.shape[:3], len(taps))
+        out = contract("goit,git...->go...", w_taps, patches)
         return out.reshape(out_channels, *out_spatial)
-    # Many taps: one contraction per tap, never materialising all the slices.
     total = None
     for tap in taps:
-        term = jnp.einsum(
-            "goi,gi...->go...",
-            wg[(Ellipsis, *tap)],
-            window(tap),
-            precision=precision,
-            preferred_element_type=preferred_element_type,
-        )
+        term = contract("goi,gi...->go...", wg[(Ellipsis, *tap)], window(tap))
         total = term if total is None else total + term
     assert total is not None
     return total.reshape(out_channels, *out_spatial)
 
 
-def _primal(
-    x: Array,
-    w: Array,
-    padding: _Pairs,
-    dilation: tuple[int, ...],
-    groups: int,
-    precision: Any,
-    preferred_element_type: Any,
-    input_tangent_by_taps: bool,
-) -> Array:
-    del input_tangent_by_taps
-    return _conv(x, w, padding, dilation, groups, precision, preferred_element_type)
+def _input_tangent(cfg: Stride1Config, x_dot: Array, w: Array) -> Array:
+    if cfg.input_tangent_by_taps:
+        return _tangent_by_taps(cfg, x_dot, w)
+    return _conv_stride1(cfg, x_dot, w)
 
 
-_conv_stride1 = jax.custom_jvp(_primal, nondiff_argnums=(2, 3, 4, 5, 6, 7))
+_conv_stride1 = bilinear(_conv, _input_tangent, _tangent_by_taps)
 
 
-def _conv_stride1_jvp(
-    padding, dilation, groups, precision, pet, by_taps, primals, tangents
-):
-    x, w = primals
-    x_dot, w_dot = tangents
-    static = (padding, dilation, groups, precision, pet)
-    out = _conv_stride1(x, w, *static, by_taps)
-    tangent = None
-    if not isinstance(x_dot, SymbolicZero):
-        if by_taps:
-            tangent = _kernel_tangent(x_dot, w, *static)
-        else:
-            tangent = _conv_stride1(x_dot, w, *static, by_taps)
-    if not isinstance(w_dot, SymbolicZero):
-        term = _kernel_tangent(x, w_dot, *static)
-        tangent = term if tangent is None else tangent + term
-    if tangent is None:
-        tangent = jnp.zeros_like(out)
-    return out, tangent
-
-
-_conv_stride1.defjvp(_conv_stride1_jvp, symbolic_zeros=True)
-
-
-def conv_stride1(
-    x: Array,
-    w: Array,
-    *,
-    padding: _Pairs,
-    dilation: tuple[int, ...],
-    groups: int,
-    precision: Any = None,
-    preferred_element_type: Any = None,
-    input_tangent_by_taps: bool = False,
-) -> Array:
-    """A stride-1 convolution of an unbatched `(C, *spatial)` input with a fast,
-    forward-mode-compatible kernel derivative (see the module docstring).
-
-    **Arguments:**
-
-    - `x`: the input, `(in_channels, *spatial)`.
-    - `w`: the kernel, `(out_channels, in_channels // groups, *kernel_size)`.
-    - `padding`: `(low, high)` per spatial dimension, possibly negative.
-    - `dilation`: the kernel dilation.
-    - `groups`: the feature group count.
-    - `precision`, `preferred_element_type`: as for `lax.conv_general_dilated`.
-    - `input_tangent_by_taps`: write the input tangent (and so, transposed, the
-        input gradient) as a sum over taps of channel contractions too, instead of
-        XLA's transposed convolution, which on CPU materialises patches of all input
-        channels (slow for the wide phase convolution, 3D especially).
-
-    **Returns:**
-
-    `(out_channels, *out_spatial)`, as `lax.conv_general_dilated` gives it.
-    """
-    return _conv_stride1(x, w, padding, dilation, groups, precision,
-                         preferred_element_type, input_tangent_by_taps)  # fmt: skip
-
-
-def _interior(
-    y: Array,
-    w: Array,
-    stride: tuple[int, ...],
-    dilation: tuple[int, ...],
-    padding: _Pairs,
-    groups: int,
-    precision: Any,
-    preferred_element_type: Any,
-) -> Array:
+def _interior(y: Array, w: Array, stride: tuple[int, ...], cfg: Stride1Config) -> Array:
     if any(s > 1 for s in stride):
         widths = ((0, 0, 0),) + tuple((0, 0, s - 1) for s in stride)
         y = lax.pad(y, _zero(y), widths)
-    return conv_stride1(
-        y,
-        w,
-        padding=padding,
-        dilation=dilation,
-        groups=groups,
-        precision=precision,
-        preferred_element_type=preferred_element_type,
-    )
+    return _conv_stride1(cfg, y, w)
 
 
-def _phase(
-    y: Array,
-    w: Array,
-    stride: tuple[int, ...],
-    dilation: tuple[int, ...],
-    padding: _Pairs,
-    groups: int,
-    precision: Any,
-    preferred_element_type: Any,
-) -> Array:
+def _phase(y: Array, w: Array, stride: tuple[int, ...], cfg: Stride1Config) -> Array:
     n = y.ndim - 1
     out_channels, in_per_group = w.shape[:2]
     kernel = w.shape[2:]
@@ -258,7 +168,9 @@ def _phase(
     # at `u = v * s - c`, which phase `c' = s - 1 - c` interleaves in increasing order.
     w_widths = [(0, 0, 0), (0, 0, 0)]
     taps, conv_dilation, conv_padding, starts, lengths = [], [], [], [], []
-    for m, k, s, d, (lo, hi) in zip(y.shape[1:], kernel, stride, dilation, padding):
+    for m, k, s, d, (lo, hi) in zip(
+        y.shape[1:], kernel, stride, cfg.dilation, cfg.padding, strict=True
+    ):
         extent = (k - 1) * d + 1
         length = (m - 1) * s + 1 + lo + hi - extent + 1
         lengths.append(length)
@@ -281,7 +193,7 @@ def _phase(
     w = lax.pad(w, _zero(w), tuple(w_widths))
     # (O, I, J1, s1, J2, s2, ...), phases flipped, then (O, s1, s2, ..., I, J1, J2, ...)
     split = (out_channels, in_per_group)
-    for t, s in zip(taps, stride):
+    for t, s in zip(taps, stride, strict=True):
         split += (t, s)
     w = w.reshape(split)
     w = lax.rev(w, tuple(3 + 2 * i for i in range(n)))
@@ -290,16 +202,13 @@ def _phase(
     )
     phases = math.prod(stride)
     w = w.reshape(out_channels * phases, in_per_group, *taps)
-    r = conv_stride1(
-        y,
-        w,
+    phase_cfg = dataclasses.replace(
+        cfg,
         padding=tuple(conv_padding),
         dilation=tuple(conv_dilation),
-        groups=groups,
-        precision=precision,
-        preferred_element_type=preferred_element_type,
         input_tangent_by_taps=True,
     )
+    r = _conv_stride1(phase_cfg, y, w)
     return _depth_to_space(r, stride, r.shape[1:], starts, lengths)
 
 
@@ -316,59 +225,15 @@ def _depth_to_space(
     r = r.reshape(-1, *stride, *counts)
     out_channels = r.shape[0]
     r = r.transpose((0, *itertools.chain(*((1 + n + i, 1 + i) for i in range(n)))))
-    r = r.reshape(out_channels, *(v * s for v, s in zip(counts, stride)))
-    window = tuple(slice(a, a + size) for a, size in zip(starts, lengths))
+    r = r.reshape(out_channels, *(v * s for v, s in zip(counts, stride, strict=True)))
+    window = tuple(slice(a, a + size) for a, size in zip(starts, lengths, strict=True))
     return r[(slice(None), *window)]
 
 
 def _lhs_dilation(
-    y: Array,
-    w: Array,
-    stride: tuple[int, ...],
-    dilation: tuple[int, ...],
-    padding: _Pairs,
-    groups: int,
-    precision: Any,
-    preferred_element_type: Any,
+    y: Array, w: Array, stride: tuple[int, ...], cfg: Stride1Config
 ) -> Array:
-    out = lax.conv_general_dilated(
-        y[None],
-        w,
-        window_strides=(1,) * len(stride),
-        padding=padding,
-        lhs_dilation=stride,
-        rhs_dilation=dilation,
-        feature_group_count=groups,
-        precision=precision,
-        preferred_element_type=preferred_element_type,
-    )
-    return out[0]
-
-
-def choose_lowering(
-    kernel_size: Sequence[int], stride: Sequence[int], dilation: Sequence[int]
-) -> Literal["phase", "interior", "lhs_dilation"]:
-    """The lowering `'auto'` picks, from `benchmarks/conv_transpose.py` (2 CPU cores).
-
-    - Strided: the phase decomposition. It never multiplies an inserted zero and its
-        tap-wise derivatives avoid XLA CPU's slow weight-gradient convolution: about
-        15-25x Equinox's forward+backward on the issue's 1D/2D/3D cases, where
-        interior padding is about 1-2.5x and `lhs_dilation` is Equinox's own.
-        Along a strided, dilated dimension it materialises the dilated kernel; where
-        that would give a phase more taps than the kernel has (`ceil(extent /
-        stride) > kernel`, a dilation above the stride), interior padding is used.
-    - Unstrided: a plain convolution (`'lhs_dilation'` with no dilation), whose XLA
-        gradients are fine: the tap-wise rule there measured 2-3x slower
-        forward+backward and 2-5x slower to compile.
-    """
-    if all(s == 1 for s in stride):
-        return "lhs_dilation"
-    fits = all(
-        -(-((k - 1) * d + 1) // s) <= k
-        for k, s, d in zip(kernel_size, stride, dilation)
-        if s > 1
-    )
-    return "phase" if fits else "interior"
+    return _lax_conv(cfg, y, w, lhs_dilation=stride)
 
 
 _LOWERINGS = {
@@ -378,7 +243,7 @@ _LOWERINGS = {
 }
 
 
-def transposed_core(
+def transposed_conv(
     y: Array,
     w: Array,
     *,
@@ -388,7 +253,7 @@ def transposed_core(
     groups: int,
     precision: Any = None,
     preferred_element_type: Any = None,
-    lowering: Lowering = "auto",
+    impl: Literal["phase", "interior", "lhs_dilation"],
 ) -> Array:
     """The correlation of the stride-dilated `y` with `w` (see the module docstring).
 
@@ -402,14 +267,18 @@ def transposed_core(
     - `padding`: `(low, high)` per dimension of the dilated input, possibly negative.
     - `groups`: the feature group count.
     - `precision`, `preferred_element_type`: as for `lax.conv_general_dilated`.
-    - `lowering`: `'auto'`, `'phase'`, `'interior'` or `'lhs_dilation'`.
+    - `impl`: `'phase'`, `'interior'` or `'lhs_dilation'`.
 
     **Returns:**
 
     `(out_channels, *out_spatial)`.
     """
-    if lowering == "auto":
-        lowering = choose_lowering(w.shape[2:], stride, dilation)
-    return _LOWERINGS[lowering](
-        y, w, stride, dilation, padding, groups, precision, preferred_element_type
+    cfg = Stride1Config(
+        padding,
+        dilation,
+        groups,
+        precision,
+        preferred_element_type,
+        input_tangent_by_taps=False,
     )
+    return _LOWERINGS[impl](y, w, stride, cfg)

@@ -6,24 +6,18 @@ from collections.abc import Sequence
 import equinox as eqx
 from jaxtyping import Array, Inexact, PRNGKeyArray
 
-from ._checks import checked_call
-from ._ops import (
-    check_patches,
-    extract_patches_normalised,
-    fold_patches_normalised,
-    normalise_fold_padding,
-    patch_grid_shape,
-)
-from ._padding import (
-    check_num_spatial_dims,
+from ._args import (
     check_positive_int,
+    check_spatial_shape,
+    normalise_fold_padding,
     normalise_padding,
-    padded_output_shape,
-    Padding,
     PaddingLike,
     PaddingMode,
     to_tuple,
 )
+from ._checks import checked_call
+from ._geometry import output_shape, Padding
+from ._ops import fold_grid_shape, run_extract_patches, run_fold_patches
 
 
 class ExtractPatches(eqx.Module):
@@ -67,7 +61,7 @@ class ExtractPatches(eqx.Module):
         - `key`: ignored (there are no parameters); accepted for uniformity.
         """
         del key
-        n = check_num_spatial_dims(num_spatial_dims)
+        n = check_positive_int(num_spatial_dims, "num_spatial_dims")
         self.num_spatial_dims = n
         self.kernel_size = to_tuple(kernel_size, n, "kernel_size")
         self.stride = to_tuple(stride, n, "stride")
@@ -77,8 +71,8 @@ class ExtractPatches(eqx.Module):
     def out_spatial_shape(self, in_spatial_shape: Sequence[int]) -> tuple[int, ...]:
         """The patch grid's spatial shape for an input of spatial shape
         `in_spatial_shape` (pure Python; `ValueError` if the window does not fit)."""
-        return padded_output_shape(
-            self.padding, in_spatial_shape, self.kernel_size, self.stride, self.dilation
+        return output_shape(
+            in_spatial_shape, self.padding, self.kernel_size, self.stride, self.dilation
         )
 
     @checked_call
@@ -98,7 +92,8 @@ class ExtractPatches(eqx.Module):
         An array of shape `(C * prod(kernel_size), *out_spatial_shape((dim_1, ...,
         dim_N)))`, channel-major then kernel offsets in row-major order.
         """
-        return extract_patches_normalised(
+        return run_extract_patches(
+            type(self).__name__,
             x,
             kernel_size=self.kernel_size,
             stride=self.stride,
@@ -123,6 +118,7 @@ class FoldPatches(eqx.Module):
     stride: tuple[int, ...] = eqx.field(static=True)
     padding: Padding = eqx.field(static=True)
     dilation: tuple[int, ...] = eqx.field(static=True)
+    in_spatial_shape: tuple[int, ...] = eqx.field(static=True)
 
     def __init__(
         self,
@@ -146,41 +142,16 @@ class FoldPatches(eqx.Module):
         - `key`: ignored (there are no parameters); accepted for uniformity.
         """
         del key
-        n = check_num_spatial_dims(num_spatial_dims)
-        if isinstance(out_spatial_shape, str) or not isinstance(
-            out_spatial_shape, Sequence
-        ):
-            raise TypeError(
-                f"`out_spatial_shape` must be a sequence of {n} ints, got "
-                f"{out_spatial_shape!r}."
-            )
-        if len(out_spatial_shape) != n:
-            raise ValueError(
-                f"`out_spatial_shape` must have {n} entries (one per spatial "
-                f"dimension), got {tuple(out_spatial_shape)!r}."
-            )
+        n = check_positive_int(num_spatial_dims, "num_spatial_dims")
         self.num_spatial_dims = n
-        self.output_size = tuple(
-            check_positive_int(s, "out_spatial_shape") for s in out_spatial_shape
+        self.output_size = check_spatial_shape(
+            out_spatial_shape, n, "out_spatial_shape"
         )
         self.kernel_size = to_tuple(kernel_size, n, "kernel_size")
         self.stride = to_tuple(stride, n, "stride")
         self.padding = normalise_fold_padding(padding, n)
         self.dilation = to_tuple(dilation, n, "dilation")
-        # Fails here, naming the argument, if the kernel does not fit.
-        patch_grid_shape(
-            "FoldPatches",
-            self.output_size,
-            self.kernel_size,
-            self.stride,
-            self.padding,
-            self.dilation,
-        )
-
-    @property
-    def in_spatial_shape(self) -> tuple[int, ...]:
-        """The patch grid's spatial shape the input must have."""
-        return patch_grid_shape(
+        self.in_spatial_shape = fold_grid_shape(
             "FoldPatches",
             self.output_size,
             self.kernel_size,
@@ -217,8 +188,8 @@ class FoldPatches(eqx.Module):
 
         An array of shape `(C, *output_size)`.
         """
-        check_patches("FoldPatches", x, self.kernel_size, self.in_spatial_shape)
-        return fold_patches_normalised(
+        return run_fold_patches(
+            type(self).__name__,
             x,
             output_size=self.output_size,
             kernel_size=self.kernel_size,

@@ -14,7 +14,7 @@ import torch
 from jax.test_util import check_grads
 
 import eqxconv
-from eqxconv._lowering_transpose import transposed_core
+from eqxconv._lowering_transpose import transposed_conv
 
 from .helpers import to_torch, torch_conv_transpose, transpose_weight_layout
 
@@ -233,7 +233,7 @@ def test_lowering_values_and_derivatives(lowering, config):
     y, w, static, oracle = _core_case(config)
 
     def ours(y, w):
-        return transposed_core(y, w, lowering=lowering, **static,
+        return transposed_conv(y, w, impl=lowering, **static,
                                precision=lax.Precision.HIGHEST)  # fmt: skip
 
     @jax.jit
@@ -262,7 +262,7 @@ CHECK_GRADS_CASES = [(lowering, CORE_CONFIGS[1]) for lowering in LOWERING_IDS] +
 def test_lowering_check_grads(lowering, config):
     with jax.enable_x64(True):
         y, w, static, _ = _core_case(config, jnp.float64)
-        f = jax.jit(lambda y, w: transposed_core(y, w, lowering=lowering, **static))
+        f = jax.jit(lambda y, w: transposed_conv(y, w, impl=lowering, **static))
         check_grads(f, (y, w), order=2, modes=("fwd", "rev"))
 
 

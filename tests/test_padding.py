@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from eqxconv import conv_output_shape
-from eqxconv._padding import normalise_padding, resolve_padding, to_tuple
+from eqxconv._args import normalise_padding, to_tuple
+from eqxconv._geometry import resolve_padding
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,6 @@ import pytest
 import torch.nn.functional as F
 
 import eqxconv
-from eqxconv._ops import extract_patches_normalised, fold_patches_normalised
 
 from .helpers import jnp_pad, lax_patches, oracle_pairs, to_torch
 
@@ -114,8 +113,8 @@ def test_every_lowering(strategy, case, getkey):
     kwargs = dict(kernel_size=k, stride=s, dilation=d)
     if strategy == "reshape" and s != k:
         with pytest.raises(ValueError, match="non-overlapping"):
-            extract_patches_normalised(
-                x, padding=tuple(pairs), padding_mode="ZEROS", strategy=strategy,
+            eqxconv.extract_patches(
+                x, padding=tuple(pairs), padding_mode="ZEROS", impl=strategy,
                 **kwargs,
             )  # fmt: skip
         return
@@ -123,11 +122,11 @@ def test_every_lowering(strategy, case, getkey):
 
     @jax.jit
     def run(x):
-        got = extract_patches_normalised(
-            x, padding=pairs, padding_mode="ZEROS", strategy=strategy, **kwargs
+        got = eqxconv.extract_patches(
+            x, padding=pairs, padding_mode="ZEROS", impl=strategy, **kwargs
         )
-        folded = fold_patches_normalised(
-            got, output_size=in_shape, padding=pairs, strategy=strategy, **kwargs
+        folded = eqxconv.fold_patches(
+            got, in_shape, padding=pairs, impl=strategy, **kwargs
         )
         oracle = lax_patches(x, k, s, pairs, d)
         oracle_t = jax.linear_transpose(lambda x: lax_patches(x, k, s, pairs, d), x)
