@@ -355,10 +355,57 @@ def parameter_dtype(dtype: Any) -> Any:
     return canonical
 
 
+def check_precision(precision: Any) -> Any:
+    """`precision` as `lax` takes it (`None`, a `lax.Precision` or its name, or a pair
+    of those), checked now rather than at the first call."""
+    if precision is None or isinstance(precision, jax.lax.Precision):
+        return precision
+    entries = precision if isinstance(precision, tuple) else (precision,)
+    try:
+        if len(entries) not in (1, 2):
+            raise ValueError
+        for entry in entries:
+            if not isinstance(entry, jax.lax.Precision):
+                jax.lax.Precision(entry)
+    except (ValueError, TypeError, KeyError):
+        names = tuple(p.name.lower() for p in jax.lax.Precision)
+        raise ValueError(
+            f"`precision` must be None, a `jax.lax.Precision`, one of {names}, or a "
+            f"pair of those; got {precision!r}."
+        ) from None
+    return precision
+
+
+def check_preferred_element_type(preferred_element_type: Any) -> Any:
+    """`None` or a floating or complex dtype: the layers compute in floating point,
+    so an integer or boolean result would truncate."""
+    if preferred_element_type is None:
+        return None
+    try:
+        dtype = jnp.dtype(preferred_element_type)
+    except TypeError:
+        dtype = None
+    if dtype is None or not jnp.issubdtype(dtype, jnp.inexact):
+        raise TypeError(
+            "`preferred_element_type` must be None or a floating or complex dtype "
+            f"(e.g. jnp.float32), got {preferred_element_type!r}."
+        )
+    return dtype
+
+
 def check_mask(mask: Any, weight_shape: tuple[int, ...]) -> Array | None:
     """`mask` reshaped to the weight's rank, or a `ValueError` if it won't broadcast."""
     if mask is None:
         return None
+    if (
+        isinstance(mask, str)
+        or not hasattr(mask, "__array__")
+        and not isinstance(mask, list | tuple | int | float | bool)
+    ):
+        raise TypeError(
+            f"`mask` must be an array broadcastable to the weight's shape "
+            f"{weight_shape}, got {type(mask).__name__}."
+        )
     mask = jnp.asarray(mask)
     try:
         broadcast = jnp.broadcast_shapes(mask.shape, weight_shape)

@@ -11,8 +11,14 @@ from typing import Any, cast, Protocol, TypeVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from beartype import beartype
 from jaxtyping import jaxtyped
+
+
+def _is_vmapped(x: Any) -> bool:
+    """Whether `x` is being mapped over by `jax.vmap` (it is a batch tracer)."""
+    return isinstance(x, jax.core.Tracer) and "Batch" in type(x).__name__
 
 
 def _expected_shape(in_channels: int | None, num_spatial_dims: int) -> str:
@@ -40,14 +46,26 @@ def check_input(
     - `in_spatial_shape`: the spatial shape the input must have, or `None` for any.
     """
     expected = _expected_shape(in_channels, num_spatial_dims)
-    if not hasattr(x, "dtype") or not hasattr(x, "shape"):
+    if not isinstance(x, jax.Array | np.ndarray | np.generic):
+        hint = ""
+        if hasattr(x, "mantissa"):
+            hint = (
+                " For an array with units, pass its `.mantissa` and multiply the "
+                "result by the product of the input's and the weight's units."
+            )
         raise TypeError(
-            f"{where} expected an array of shape {expected}, got {type(x).__name__}."
+            f"{where} expected a JAX or numpy array of shape {expected}, got "
+            f"{type(x).__module__}.{type(x).__qualname__}.{hint}"
         )
     shape = tuple(int(size) for size in x.shape)
     if len(shape) != num_spatial_dims + 1:
         hint = ""
-        if len(shape) == num_spatial_dims + 2:
+        if len(shape) == num_spatial_dims + 2 and _is_vmapped(x):
+            hint = (
+                " The input is already under `jax.vmap` and still has an extra axis: "
+                "map over that axis too, or remove it."
+            )
+        elif len(shape) == num_spatial_dims + 2:
             hint = (
                 " It looks batched: inputs are unbatched, so map over the batch with "
                 "`jax.vmap(layer)(x)`."
@@ -57,9 +75,15 @@ def check_input(
             f"{num_spatial_dims + 1}, shape {expected}, but got shape {shape}.{hint}"
         )
     if in_channels is not None and shape[0] != in_channels:
+        hint = ""
+        if shape[-1] == in_channels:
+            hint = (
+                " The channels look like they are on the last axis: eqxconv is "
+                "channels-first, so move them first, e.g. `jnp.moveaxis(x, -1, 0)`."
+            )
         raise ValueError(
             f"{where} expected {in_channels} input channels, shape {expected}, but "
-            f"got shape {shape}."
+            f"got shape {shape}.{hint}"
         )
     if in_spatial_shape is not None and shape[1:] != tuple(in_spatial_shape):
         raise ValueError(
@@ -88,6 +112,20 @@ def check_fits(
         raise ValueError(
             f"{where} cannot take an input of shape {shape}: {error}"
         ) from None
+
+
+def check_mode_input(
+    where: str, shape: tuple[int, ...], pairs: Sequence[tuple[int, int]], mode: str
+) -> None:
+    """`REFLECT`, `REPLICATE` and `CIRCULAR` padding read the input's border, which
+    an empty spatial axis does not have."""
+    for size, pair in zip(shape[1:], pairs, strict=True):
+        if mode != "ZEROS" and size == 0 and pair != (0, 0):
+            raise ValueError(
+                f"{where} cannot pad an input of shape {shape} with "
+                f"padding_mode={mode!r}: it has an empty spatial axis, which has no "
+                "border to reflect, replicate or wrap."
+            )
 
 
 def check_conv_weight(weight: Any, groups: int) -> int:

@@ -7,7 +7,7 @@ from typing import Any
 import equinox as eqx
 from jaxtyping import Array, PRNGKeyArray
 
-from ._args import check_choice, CONV_IMPLS, ConvImpl, PaddingLike
+from ._args import check_choice, check_spatial_shape, CONV_IMPLS, ConvImpl, PaddingLike
 from ._geometry import output_shape
 from ._init import Initializer
 from ._layer import layer_arguments, WeightedLayer
@@ -87,6 +87,9 @@ class Conv(WeightedLayer):
     def out_spatial_shape(self, in_spatial_shape: Sequence[int]) -> tuple[int, ...]:
         """The spatial shape this layer returns for an input of spatial shape
         `in_spatial_shape` (pure Python; `ValueError` if the kernel does not fit)."""
+        in_spatial_shape = check_spatial_shape(
+            in_spatial_shape, self.num_spatial_dims, "in_spatial_shape"
+        )
         return output_shape(
             in_spatial_shape, self.padding, self.kernel_size, self.stride, self.dilation
         )

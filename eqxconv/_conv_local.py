@@ -107,6 +107,9 @@ class ConvLocal(WeightedLayer):
         """The spatial shape this layer returns for an input of spatial shape
         `in_spatial_shape` (pure Python; `ValueError` if the kernel does not fit).
         Calls accept only `in_spatial_shape == self.in_spatial_shape`."""
+        in_spatial_shape = check_spatial_shape(
+            in_spatial_shape, self.num_spatial_dims, "in_spatial_shape"
+        )
         return output_shape(
             in_spatial_shape, self.padding, self.kernel_size, self.stride, self.dilation
         )

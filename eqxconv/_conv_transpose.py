@@ -10,6 +10,7 @@ from jaxtyping import Array, PRNGKeyArray
 from ._args import (
     check_choice,
     check_output_padding,
+    check_spatial_shape,
     PaddingLike,
     TRANSPOSE_IMPLS,
     TransposeImpl,
@@ -99,6 +100,9 @@ class ConvTranspose(WeightedLayer):
     def out_spatial_shape(self, in_spatial_shape: Sequence[int]) -> tuple[int, ...]:
         """The spatial shape this layer returns for an input of spatial shape
         `in_spatial_shape` (pure Python; `ValueError` if it would be empty)."""
+        in_spatial_shape = check_spatial_shape(
+            in_spatial_shape, self.num_spatial_dims, "in_spatial_shape"
+        )
         out, _, _ = transposed_geometry(
             tuple(in_spatial_shape),
             self.padding,

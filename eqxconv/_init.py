@@ -45,12 +45,34 @@ def _initialise(
         raise TypeError(
             f"`{name}` must be a callable `(key, shape, dtype) -> array`, got {init!r}."
         )
-    value = jnp.asarray(init(key, shape, dtype))
+    value = init(key, shape, dtype)
+    if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+        raise TypeError(
+            f"`{name}` must return an array of shape {shape}, got "
+            f"{type(value).__name__}."
+        )
+    value = jnp.asarray(value)
     if value.shape != shape:
         raise ValueError(
             f"`{name}` returned an array of shape {value.shape}; expected {shape}."
         )
+    if not jnp.issubdtype(value.dtype, jnp.inexact):
+        raise TypeError(
+            f"`{name}` returned an array of dtype {value.dtype}; expected a floating "
+            f"or complex dtype (the layer's is {jnp.dtype(dtype)})."
+        )
     return value.astype(dtype)
+
+
+def _split(key: Any) -> tuple[PRNGKeyArray, PRNGKeyArray]:
+    try:
+        weight_key, bias_key = jr.split(key)
+    except (TypeError, ValueError):
+        raise TypeError(
+            "`key` must be a `jax.random` key (`jax.random.key(0)` or "
+            f"`jax.random.PRNGKey(0)`), got {key!r}."
+        ) from None
+    return weight_key, bias_key
 
 
 def init_parameters(
@@ -65,7 +87,7 @@ def init_parameters(
 ) -> tuple[Array, Array | None]:
     """Initial `(weight, bias)`; `bias_shape=None` means no bias."""
     default = fan_in_uniform(fan_in)
-    weight_key, bias_key = jr.split(key)
+    weight_key, bias_key = _split(key)
     weight = _initialise(
         default if kernel_init is None else kernel_init,
         "kernel_init",

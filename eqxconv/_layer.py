@@ -12,6 +12,8 @@ from jaxtyping import Array, Inexact, PRNGKeyArray
 from ._args import (
     check_layer_args,
     check_mask,
+    check_precision,
+    check_preferred_element_type,
     normalise_padding,
     PaddingLike,
     PaddingMode,
@@ -123,8 +125,10 @@ class WeightedLayer(eqx.Module):
             bias_init=bias_init,
         )
         self.mask = check_mask(mask, weight_shape)
-        self.precision = precision
-        self.preferred_element_type = preferred_element_type
+        self.precision = check_precision(precision)
+        self.preferred_element_type = check_preferred_element_type(
+            preferred_element_type
+        )
 
     def _parameter_shapes(
         self,

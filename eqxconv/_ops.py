@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Inexact
 
 from ._args import (
@@ -39,6 +40,7 @@ from ._checks import (
     check_fits,
     check_input,
     check_local_weight,
+    check_mode_input,
     check_patches,
 )
 from ._choose import choose_conv_impl, choose_patches_impl, choose_transpose_impl
@@ -102,6 +104,7 @@ def run_conv(
     check_fits(
         where, x.shape, output_shape, extent, pairs, kernel_size, stride, dilation
     )
+    check_mode_input(where, x.shape, pairs, padding_mode)
     x, weight = _promote(x, weight)
     if padding_mode != "ZEROS":
         # Every other mode: pad once, then a VALID convolution.
@@ -424,6 +427,7 @@ def run_extract_patches(
     out_shape = check_fits(
         where, x.shape, output_shape, x.shape[1:], pairs, kernel_size, stride, dilation
     )
+    check_mode_input(where, x.shape, pairs, padding_mode)
     if impl == "auto":
         impl = choose_patches_impl(kernel_size, stride, dilation)
     patches = extract_padded(
@@ -432,11 +436,23 @@ def run_extract_patches(
     return _cast(patches, preferred_element_type)
 
 
-def _num_spatial_dims(x: Any, kernel_size: Any) -> int:
-    """`N`: from `kernel_size` when it is a sequence, else from `x`'s rank."""
+def _num_spatial_dims(x: Any, kernel_size: Any, num_spatial_dims: Any) -> int:
+    """`N`: `num_spatial_dims`, else `len(kernel_size)`, else from the rank of `x`
+    when that cannot be a batched input (rank 2 or 3)."""
+    if num_spatial_dims is not None:
+        return check_positive_int(num_spatial_dims, "num_spatial_dims")
     if isinstance(kernel_size, Sequence) and not isinstance(kernel_size, str):
         return max(len(kernel_size), 1)
-    return max(len(getattr(x, "shape", ())) - 1, 1)
+    rank = len(getattr(x, "shape", ()))
+    if rank >= 4:
+        raise ValueError(
+            f"eqxconv.extract_patches cannot tell the number of spatial dimensions of "
+            f"an input of shape {tuple(x.shape)} from the int kernel_size="
+            f"{kernel_size!r}: a 3D volume and a batch of 2D images look alike. Pass "
+            "`num_spatial_dims=` or a kernel_size of one int per spatial dimension "
+            "(and batch with `jax.vmap`)."
+        )
+    return max(rank - 1, 1)
 
 
 def extract_patches(
@@ -450,6 +466,7 @@ def extract_patches(
     precision: Any = None,
     preferred_element_type: Any = None,
     impl: str = "auto",
+    num_spatial_dims: int | None = None,
 ) -> Inexact[Array, " patch_channels *out_spatial"]:
     """Extract the sliding windows ("patches", "im2col") of one unbatched input.
 
@@ -474,6 +491,9 @@ def extract_patches(
         `'separable'` (the windows of one dimension at a time) or `'auto'` (default:
         `'reshape'` where the windows tile the input, else `'separable'`). All give
         the same values.
+    - `num_spatial_dims`: `N`. Needed only with an int `kernel_size` on inputs of
+        rank 4 or more, where a 3D volume and a batch of 2D images look alike;
+        otherwise `N` is `len(kernel_size)`, or the input's rank minus one.
 
     **Returns:**
 
@@ -485,7 +505,7 @@ def extract_patches(
     """
     del precision
     where = "eqxconv.extract_patches"
-    n = _num_spatial_dims(x, kernel_size)
+    n = _num_spatial_dims(x, kernel_size, num_spatial_dims)
     kernel_size = to_tuple(kernel_size, n, "kernel_size")
     stride = to_tuple(stride, n, "stride")
     dilation = to_tuple(dilation, n, "dilation")
@@ -633,6 +653,7 @@ def run_conv_local(
     out_shape = check_fits(
         where, x.shape, output_shape, x.shape[1:], pairs, kernel_size, stride, dilation
     )
+    check_mode_input(where, x.shape, pairs, padding_mode)
     check_local_weight(
         where,
         weight,
@@ -705,7 +726,13 @@ def conv_local(
     """
     where = "eqxconv.conv_local"
     groups = check_positive_int(groups, "groups")
-    n = max(len(getattr(weight, "shape", ())) - 2, 1)
+    if not isinstance(weight, jax.Array | np.ndarray) or weight.ndim < 3:
+        raise TypeError(
+            f"{where} expected `weight` to be an array of shape (out_channels, "
+            "(in_channels // groups) * prod(kernel_size), *out_spatial), got "
+            f"{getattr(weight, 'shape', type(weight).__name__)}."
+        )
+    n = weight.ndim - 2
     kernel_size = to_tuple(kernel_size, n, "kernel_size")
     stride = to_tuple(stride, n, "stride")
     dilation = to_tuple(dilation, n, "dilation")

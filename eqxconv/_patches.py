@@ -71,6 +71,9 @@ class ExtractPatches(eqx.Module):
     def out_spatial_shape(self, in_spatial_shape: Sequence[int]) -> tuple[int, ...]:
         """The patch grid's spatial shape for an input of spatial shape
         `in_spatial_shape` (pure Python; `ValueError` if the window does not fit)."""
+        in_spatial_shape = check_spatial_shape(
+            in_spatial_shape, self.num_spatial_dims, "in_spatial_shape"
+        )
         return output_shape(
             in_spatial_shape, self.padding, self.kernel_size, self.stride, self.dilation
         )
