@@ -97,7 +97,7 @@ def extract_case(
                 dilation=ds,
                 padding_mode="ZEROS",
                 strategy="slices",
-            )  # fmt: skip
+            )
         )(x)
 
     def lax_patches(x: jax.Array) -> jax.Array:
