@@ -37,7 +37,7 @@ def _install(session: nox.Session, *, extras: str, groups: tuple[str, ...]) -> s
     if sys.prefix == sys.base_prefix:
         session.error(
             "`nox --no-venv` installs into the virtualenv nox runs from, but nox runs "
-            f"from {sys.prefix}, which is not one: run e.g. `.venv/bin/nox --no-venv`."
+            f"from {sys.prefix}, which is not one: run e.g. `.venv/bin/nox --no-venv`"
         )
     session.run(sys.executable, "-m", "pip", "install", "--quiet", *requirements)
     return sys.executable
