@@ -65,9 +65,15 @@ def jax_contenders(case: Case, key: Any) -> dict[str, tuple[Callable, Any, Any, 
     kx, kw, kr, ke, kf = jr.split(key, 5)
     x = jr.normal(kx, (case.batch, c_in, *spatial))
     layer = eqxconv.Conv(
-        n, c_in, c_out, case.kernel, padding=case.padding, groups=case.groups,
-        padding_mode=case.padding_mode, key=kw,
-    )  # fmt: skip
+        n,
+        c_in,
+        c_out,
+        case.kernel,
+        padding=case.padding,
+        groups=case.groups,
+        padding_mode=case.padding_mode,
+        key=kw,
+    )
     r = jr.normal(kr, (case.batch, *jax.eval_shape(jax.vmap(layer), x).shape[1:]))
     weight, bias = layer.weight, layer.bias
     assert bias is not None
@@ -76,9 +82,15 @@ def jax_contenders(case: Case, key: Any) -> dict[str, tuple[Callable, Any, Any, 
 
     contenders["eqxconv"] = (lambda m, x: jax.vmap(m)(x), layer, x, r)
     reference = eqx.nn.Conv(
-        n, c_in, c_out, case.kernel, padding=case.padding, groups=case.groups,
-        padding_mode=case.padding_mode, key=ke,
-    )  # fmt: skip
+        n,
+        c_in,
+        c_out,
+        case.kernel,
+        padding=case.padding,
+        groups=case.groups,
+        padding_mode=case.padding_mode,
+        key=ke,
+    )
     reference = eqx.tree_at(lambda m: (m.weight, m.bias), reference, (weight, bias))
     contenders["equinox"] = (lambda m, x: jax.vmap(m)(x), reference, x, r)
 
@@ -95,9 +107,13 @@ def jax_contenders(case: Case, key: Any) -> dict[str, tuple[Callable, Any, Any, 
                     widths = [(0, 0)] + pairs + [(0, 0)]
                 x = jnp.pad(x, widths, mode=JNP_MODES[pad_mode])
             y = lax.conv_general_dilated(
-                x, w, (1,) * n, "VALID" if pad_mode != "ZEROS" else pairs,
-                dimension_numbers=dimension_numbers, feature_group_count=case.groups,
-            )  # fmt: skip
+                x,
+                w,
+                (1,) * n,
+                "VALID" if pad_mode != "ZEROS" else pairs,
+                dimension_numbers=dimension_numbers,
+                feature_group_count=case.groups,
+            )
             return y + b
 
         return apply
@@ -113,15 +129,18 @@ def jax_contenders(case: Case, key: Any) -> dict[str, tuple[Callable, Any, Any, 
     )
     if case.padding_mode in ("ZEROS", "CIRCULAR"):
         flax_layer = fnn.Conv(
-            c_out, (case.kernel,) * n,
+            c_out,
+            (case.kernel,) * n,
             padding="CIRCULAR" if case.padding_mode == "CIRCULAR" else pairs,
             feature_group_count=case.groups,
-        )  # fmt: skip
+        )
         variables = flax_layer.init(kf, jnp.transpose(x, to_last))
         contenders["flax"] = (
-            flax_layer.apply, variables, jnp.transpose(x, to_last),
+            flax_layer.apply,
+            variables,
+            jnp.transpose(x, to_last),
             jnp.transpose(r, to_last),
-        )  # fmt: skip
+        )
     return contenders
 
 
@@ -130,9 +149,13 @@ def torch_times(case: Case, repeats: int) -> tuple[float, float]:
     cls = getattr(torch.nn, f"Conv{n}d")
     mode = "zeros" if case.padding_mode == "ZEROS" else TORCH_MODES[case.padding_mode]
     layer = cls(
-        case.in_channels, case.out_channels, case.kernel, padding=case.padding,
-        groups=case.groups, padding_mode=mode,
-    )  # fmt: skip
+        case.in_channels,
+        case.out_channels,
+        case.kernel,
+        padding=case.padding,
+        groups=case.groups,
+        padding_mode=mode,
+    )
     x = torch.randn(case.batch, case.in_channels, *(case.spatial,) * n)
     with torch.no_grad():
         r = torch.randn_like(layer(x))

@@ -67,9 +67,15 @@ def jax_fns(case: Case, key: Any) -> dict[str, tuple[Callable, Callable, tuple]]
     xkey, ekey = jr.split(key)
     x = jr.normal(xkey, (c.batch, c.in_channels) + (c.size,) * c.n, jnp.float32)
     eqx_layer = eqx.nn.ConvTranspose(
-        c.n, c.in_channels, c.out_channels, c.kernel, c.stride, c.padding,
-        c.output_padding, key=ekey,
-    )  # fmt: skip
+        c.n,
+        c.in_channels,
+        c.out_channels,
+        c.kernel,
+        c.stride,
+        c.padding,
+        c.output_padding,
+        key=ekey,
+    )
     weight, bias = eqx_layer.weight, eqx_layer.bias
     assert bias is not None
     fns: dict[str, tuple[Callable, Callable, tuple]] = {}
@@ -84,9 +90,15 @@ def jax_fns(case: Case, key: Any) -> dict[str, tuple[Callable, Callable, tuple]]
         fns[name] = (jax.jit(fwd), jax.jit(fwd_bwd), (weight, bias, x))
 
     ours = eqxconv.ConvTranspose(
-        c.n, c.in_channels, c.out_channels, c.kernel, c.stride, c.padding,
-        c.output_padding, key=ekey,
-    )  # fmt: skip
+        c.n,
+        c.in_channels,
+        c.out_channels,
+        c.kernel,
+        c.stride,
+        c.padding,
+        c.output_padding,
+        key=ekey,
+    )
 
     def layer_apply(w, b, x):
         layer = eqx.tree_at(lambda m: (m.weight, m.bias), ours, (w, b))
@@ -97,9 +109,13 @@ def jax_fns(case: Case, key: Any) -> dict[str, tuple[Callable, Callable, tuple]]
 
         def op(w, b, x, lowering: TransposeImpl = lowering):
             f = lambda xi: eqxconv.conv_transpose(  # noqa: E731
-                xi, w, stride=c.stride, padding=c.padding,
-                output_padding=c.output_padding, impl=lowering,
-            )  # fmt: skip
+                xi,
+                w,
+                stride=c.stride,
+                padding=c.padding,
+                output_padding=c.output_padding,
+                impl=lowering,
+            )
             return jax.vmap(f)(x) + b
 
         add(f"eqxconv[{lowering}]", op)
@@ -128,8 +144,11 @@ def torch_fns(case: Case, weight: Any, bias: Any, x: Any):
     import torch
 
     c = case
-    module_type = {1: torch.nn.ConvTranspose1d, 2: torch.nn.ConvTranspose2d,
-                   3: torch.nn.ConvTranspose3d}[c.n]  # fmt: skip
+    module_type = {
+        1: torch.nn.ConvTranspose1d,
+        2: torch.nn.ConvTranspose2d,
+        3: torch.nn.ConvTranspose3d,
+    }[c.n]
     module = module_type(
         c.in_channels, c.out_channels, c.kernel, c.stride, c.padding, c.output_padding
     )
@@ -185,7 +204,7 @@ def main() -> None:
             nothing = lambda out: out  # noqa: E731
             times[0]["torch"] = median_time(tf, repeats=args.repeats, sync=nothing)
             times[1]["torch"] = median_time(tfb, repeats=args.repeats, sync=nothing)
-        for table, timing in zip(tables, times):
+        for table, timing in zip(tables, times, strict=True):
             if not timing:
                 continue
             if table is tables[0]:

@@ -90,16 +90,29 @@ def run_case(name: str, repeats: int, with_shift: bool) -> dict[str, dict[str, f
     def eqxconv_apply(impl: str):
         def op(x, w):
             return eqxconv.conv(
-                x, w, stride=stride, padding=padding, dilation=dilation,
-                groups=groups, impl=impl,
-            )  # fmt: skip
+                x,
+                w,
+                stride=stride,
+                padding=padding,
+                dilation=dilation,
+                groups=groups,
+                impl=impl,
+            )
 
         return jax.vmap(op, in_axes=(0, None))
 
     layer = eqx.nn.Conv(
-        n, c_in, c_out, k, stride, padding, dilation, groups, use_bias=False,
+        n,
+        c_in,
+        c_out,
+        k,
+        stride,
+        padding,
+        dilation,
+        groups,
+        use_bias=False,
         key=jr.key(1),
-    )  # fmt: skip
+    )
 
     def equinox_apply(x, w):
         model = eqx.tree_at(lambda m: m.weight, layer, w)
@@ -107,9 +120,13 @@ def run_case(name: str, repeats: int, with_shift: bool) -> dict[str, dict[str, f
 
     def lax_apply(x, w):
         return lax.conv_general_dilated(
-            x, w, (stride,) * n, ((padding, padding),) * n,
-            rhs_dilation=(dilation,) * n, feature_group_count=groups,
-        )  # fmt: skip
+            x,
+            w,
+            (stride,) * n,
+            ((padding, padding),) * n,
+            rhs_dilation=(dilation,) * n,
+            feature_group_count=groups,
+        )
 
     impls: dict[str, Callable] = {"auto": eqxconv_apply("auto")}
     if with_shift:

@@ -63,9 +63,13 @@ def case(
     def ours(chunk_size: int | None) -> Callable[..., jax.Array]:
         def apply(w: jax.Array, b: jax.Array, xs: jax.Array) -> jax.Array:
             model = eqxconv.ConvLocal2d(
-                cin, cout, k, in_spatial_shape=(size, size), chunk_size=chunk_size,
+                cin,
+                cout,
+                k,
+                in_spatial_shape=(size, size),
+                chunk_size=chunk_size,
                 key=jr.key(0),
-            )  # fmt: skip
+            )
             model = eqx_tree_at(model, w, b)
             return jax.vmap(model)(xs)
 

@@ -36,7 +36,7 @@ def padding_strings() -> None:
     """Which inputs each output reads, for each padding string (1D, k=3, stride 2)."""
     strings = ["VALID", "SAME", "SAME_LOWER", "CAUSAL"]
     fig, axes = plt.subplots(len(strings), 1, figsize=(8, 2.2 * len(strings)))
-    for ax, string in zip(axes, strings):
+    for ax, string in zip(axes, strings, strict=True):
         padding, _ = normalise_padding(string, "ZEROS", 1)
         ((low, high),) = resolve_padding(padding, (INPUT,), (KERNEL,), (STRIDE,), (1,))
         (out,) = eqxconv.conv_output_shape(
@@ -49,9 +49,15 @@ def padding_strings() -> None:
         for o in range(out):
             start = o * STRIDE
             ax.add_patch(
-                Rectangle((start - 0.05, 1.45), KERNEL, 1.0, fill=False, lw=2,
-                          edgecolor=f"C{o}")
-            )  # fmt: skip
+                Rectangle(
+                    (start - 0.05, 1.45),
+                    KERNEL,
+                    1.0,
+                    fill=False,
+                    lw=2,
+                    edgecolor=f"C{o}",
+                )
+            )
             _cell(ax, start + (KERNEL - 1) / 2, 0, f"y{o}", "#cde")
         ax.set_title(
             f"padding={string!r}: pads ({low}, {high}), {INPUT} in -> {out} out "
@@ -71,7 +77,7 @@ def padding_modes() -> None:
     modes = ["ZEROS", "REFLECT", "REPLICATE", "CIRCULAR"]
     x = jnp.arange(1.0, 6.0)[None]
     fig, axes = plt.subplots(len(modes), 1, figsize=(8, 1.2 * len(modes)))
-    for ax, mode in zip(axes, modes):
+    for ax, mode in zip(axes, modes, strict=True):
         padded = pad(x, ((3, 3),), mode)[0]
         for i, value in enumerate(padded.tolist()):
             inside = 3 <= i < 8

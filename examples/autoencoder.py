@@ -39,15 +39,24 @@ class AutoEncoder(eqx.Module):
     def __init__(self, size: int, key: PRNGKeyArray, channels=(1, 16, 32)):
         keys = jr.split(key, 2 * (len(channels) - 1))
         encoder, decoder, shape = [], [], (size, size)
-        for i, (c_in, c_out) in enumerate(zip(channels[:-1], channels[1:])):
+        for i, (c_in, c_out) in enumerate(
+            zip(channels[:-1], channels[1:], strict=True)
+        ):
             down = eqxconv.Conv2d(c_in, c_out, 3, stride=2, padding=1, key=keys[2 * i])
             smaller = down.out_spatial_shape(shape)
             # Of the sizes the stride-2 conv maps onto `smaller`, go back to `shape`.
-            output_padding = tuple(s - (2 * m - 1) for s, m in zip(shape, smaller))
+            output_padding = tuple(
+                s - (2 * m - 1) for s, m in zip(shape, smaller, strict=True)
+            )
             up = eqxconv.ConvTranspose2d(
-                c_out, c_in, 3, stride=2, padding=1, output_padding=output_padding,
+                c_out,
+                c_in,
+                3,
+                stride=2,
+                padding=1,
+                output_padding=output_padding,
                 key=keys[2 * i + 1],
-            )  # fmt: skip
+            )
             assert up.out_spatial_shape(smaller) == shape
             encoder.append(down)
             decoder.insert(0, up)

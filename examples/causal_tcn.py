@@ -43,7 +43,7 @@ class TCN(eqx.Module):
             eqxconv.Conv1d(
                 1 if i == 0 else width, width, 3, dilation=d, padding="CAUSAL", key=k
             )
-            for i, (d, k) in enumerate(zip(dilations, keys[:5]))
+            for i, (d, k) in enumerate(zip(dilations, keys[:5], strict=True))
         )
         self.readout = eqxconv.Conv1d(width, 1, 1, key=keys[5])
 

@@ -81,6 +81,7 @@ def main(seed: int = 0) -> None:
     for a, b in zip(
         jax.tree.leaves(eqx.filter(sharded_model, eqx.is_inexact_array)),
         jax.tree.leaves(eqx.filter(single_model, eqx.is_inexact_array)),
+        strict=True,
     ):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     print("sharded step equals the single-device step")

@@ -54,18 +54,21 @@ class JaxNet(eqx.Module):
 
     def __init__(self, key: PRNGKeyArray):
         keys = jr.split(key, 4)
-        self.stem = eqxconv.Conv2d(3, 16, 3, padding=1, padding_mode="REFLECT",
-                                   key=keys[0])  # fmt: skip
-        self.down = eqxconv.Conv2d(16, 32, 3, stride=2, padding=1, groups=4,
-                                   key=keys[1])  # fmt: skip
+        self.stem = eqxconv.Conv2d(
+            3, 16, 3, padding=1, padding_mode="REFLECT", key=keys[0]
+        )
+        self.down = eqxconv.Conv2d(
+            16, 32, 3, stride=2, padding=1, groups=4, key=keys[1]
+        )
         # PyTorch's 'same' (stride 1) is eqxconv's 'SAME'.
-        self.mix = eqxconv.Conv2d(32, 32, 5, padding="SAME", groups=32,
-                                  use_bias=False, key=keys[2])  # fmt: skip
+        self.mix = eqxconv.Conv2d(
+            32, 32, 5, padding="SAME", groups=32, use_bias=False, key=keys[2]
+        )
         # `padding` and `output_padding` mean what they mean in PyTorch; only the
         # weight's layout differs, which the loader converts.
-        self.up = eqxconv.ConvTranspose2d(32, 8, 3, stride=2, padding=1,
-                                          output_padding=1, groups=2,
-                                          key=keys[3])  # fmt: skip
+        self.up = eqxconv.ConvTranspose2d(
+            32, 8, 3, stride=2, padding=1, output_padding=1, groups=2, key=keys[3]
+        )
 
     def __call__(self, x: Float[Array, "3 h w"]) -> Float[Array, "8 h w"]:
         x = jax.nn.relu(self.stem(x))
