@@ -18,7 +18,7 @@ from jaxtyping import jaxtyped
 
 def _is_vmapped(x: Any) -> bool:
     """Whether `x` is being mapped over by `jax.vmap` (it is a batch tracer)."""
-    return isinstance(x, jax.core.Tracer) and "Batch" in type(x).__name__
+    return type(x).__name__ == "BatchTracer"
 
 
 def _expected_shape(in_channels: int | None, num_spatial_dims: int) -> str:

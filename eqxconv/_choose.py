@@ -31,12 +31,14 @@ def choose_conv_impl(
     input_dilation: Sequence[int],
     dtype: Any,
 ) -> Literal["xla", "shift"]:
-    """`'shift'` on CPU for floating-point convolutions with few input channels per
-    group (depthwise is 1; any channel multiplier, stride, dilation, padding, 1D/2D/3D)
-    and few products per output element, without input dilation: XLA's CPU grouped
-    convolution is slow there, forward and backward (`benchmarks/depthwise.py`).
-    Otherwise `'xla'`, `lax.conv_general_dilated`."""
-    if jax.default_backend() != "cpu":
+    """`'shift'` on CPU for floating-point grouped convolutions with few input
+    channels per group (depthwise is 1; any channel multiplier, stride, dilation,
+    padding, 1D/2D/3D) and few products per output element, without input dilation:
+    XLA's CPU grouped convolution is slow there, forward and backward
+    (`benchmarks/depthwise.py`). Otherwise `'xla'`, `lax.conv_general_dilated`: also
+    for ungrouped convolutions of few channels (RGB and mono stems), where XLA's dense
+    convolution is the faster, and compiles faster."""
+    if jax.default_backend() != "cpu" or groups == 1:
         return "xla"
     if any(d != 1 for d in input_dilation) or not jnp.issubdtype(dtype, jnp.floating):
         return "xla"

@@ -93,7 +93,7 @@ def oracle_pairs(padding, in_shape, kernel_size, stride, dilation):
     n = len(in_shape)
     if isinstance(padding, str):
         upper = padding.upper()
-        extent = [(k - 1) * d + 1 for k, d in zip(kernel_size, dilation)]
+        extent = [(k - 1) * d + 1 for k, d in zip(kernel_size, dilation, strict=True)]
         if upper == "CAUSAL":
             return [(e - 1, 0) for e in extent]
         if upper == "CIRCULAR":
@@ -135,7 +135,7 @@ def lax_local(x, weight, kernel_size, stride, pairs, dilation, groups=1, mode="Z
     if n == 3:
         spec = ("NCDHW", "OIDHW", "NCDHW")
     outs = []
-    for xg, wg in zip(jnp.split(xp, groups), jnp.split(weight, groups)):
+    for xg, wg in zip(jnp.split(xp, groups), jnp.split(weight, groups), strict=True):
         outs.append(
             lax.conv_general_dilated_local(
                 xg[None], wg, tuple(stride), "VALID", tuple(kernel_size),

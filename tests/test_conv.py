@@ -346,7 +346,7 @@ def test_vmap_equals_loop_and_jit_equals_eager(n, getkey):
     layer = _layer(n, CONFIGS["same-stride2-reflect"], getkey)
     xs = jr.normal(getkey(), (3, 4, *SPATIAL[n]))
     batched = jax.vmap(layer)(xs)
-    for x, out in zip(xs, batched):
+    for x, out in zip(xs, batched, strict=True):
         np.testing.assert_allclose(out, layer(x), rtol=1e-5, atol=1e-6)
     jitted = eqx.filter_jit(lambda m, xs: jax.vmap(m)(xs))(layer, xs)
     np.testing.assert_allclose(jitted, batched, rtol=1e-5, atol=1e-6)

@@ -81,7 +81,7 @@ def test_against_lax_local(case, getkey):
     (y, y_expected), (grads, grads_expected) = run(layer.weight, layer.bias, xs)
     assert y.shape == (2, cout, *out_shape)
     np.testing.assert_allclose(y, y_expected, rtol=1e-5, atol=1e-5)
-    for g, g_expected in zip(grads, grads_expected):
+    for g, g_expected in zip(grads, grads_expected, strict=True):
         np.testing.assert_allclose(g, g_expected, rtol=1e-4, atol=1e-4)
 
 
@@ -120,7 +120,7 @@ def test_forward_mode_and_second_order(cout, groups, getkey):
         return results
 
     got, expected = run(weight, xs)
-    for g, e in zip(got, expected):
+    for g, e in zip(got, expected, strict=True):
         np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-3)
 
 

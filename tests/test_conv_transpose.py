@@ -115,9 +115,12 @@ FORMS = ("int", "ints", "pairs", "valid", "same", "same_lower", "causal", "circu
 MODES = ("ZEROS", "REFLECT", "REPLICATE", "CIRCULAR")
 ADJOINT_CASES = (
     [(1, form, mode) for form in FORMS for mode in MODES]
-    + [(2, form, mode) for form, mode in zip(FORMS, MODES * 2)]
-    + [(2, form, mode) for form, mode in zip(FORMS, MODES[2:] + MODES + MODES[:2])]
-    + [(3, form, mode) for form, mode in zip(FORMS[::2], MODES)]
+    + [(2, form, mode) for form, mode in zip(FORMS, MODES * 2, strict=True)]
+    + [
+        (2, form, mode)
+        for form, mode in zip(FORMS, MODES[2:] + MODES + MODES[:2], strict=True)
+    ]
+    + [(3, form, mode) for form, mode in zip(FORMS[::2], MODES, strict=True)]
 )
 
 
@@ -248,7 +251,7 @@ def test_lowering_values_and_derivatives(lowering, config):
     out_shape = jax.eval_shape(oracle, y, w).shape
     ct = jr.normal(jr.key(3), out_shape)
     got, expected = everything(y, w, ct, jnp.cos(y), jnp.sin(w))
-    for a, b in zip(got, expected):
+    for a, b in zip(got, expected, strict=True):
         assert a.shape == b.shape
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
 

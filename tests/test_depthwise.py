@@ -30,7 +30,7 @@ def _pairs(padding, spatial, kernel, stride, dilation):
         return ((padding, padding),) * n
     if isinstance(padding, str):
         pairs = []
-        for size, k, s, d in zip(spatial, kernel, stride, dilation):
+        for size, k, s, d in zip(spatial, kernel, stride, dilation, strict=True):
             extent = d * (k - 1) + 1
             if padding == "VALID":
                 pairs.append((0, 0))
@@ -100,7 +100,9 @@ def _setup(case, key, dtype=jnp.float32, batch=2):
     conf = dict(stride=stride, dilation=dilation, groups=groups)
     out_spatial = tuple(
         (size + lo + hi - d * (k - 1) - 1) // s + 1
-        for size, (lo, hi), k, s, d in zip(spatial, pairs, kernel, stride, dilation)
+        for size, (lo, hi), k, s, d in zip(
+            spatial, pairs, kernel, stride, dilation, strict=True
+        )
     )
     r = jr.normal(kr, (batch, c_out, *out_spatial), dtype)
     dxs = jr.normal(kdx, xs.shape, dtype)
@@ -197,7 +199,9 @@ def test_higher_order_matches_lax(getkey):
 
         return run(xs, w)
 
-    for a, b in zip(jax.tree.leaves(hvps(ours)), jax.tree.leaves(hvps(oracle))):
+    for a, b in zip(
+        jax.tree.leaves(hvps(ours)), jax.tree.leaves(hvps(oracle)), strict=True
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 

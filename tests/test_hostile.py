@@ -2,6 +2,8 @@
 construction) or the layer and the shapes (at call time), identically eagerly, under
 `jax.jit`, under `eqx.filter_jit` and inside `jax.vmap`. Grows with every case found."""
 
+from typing import Any
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -41,9 +43,13 @@ CONSTRUCTION_CASES = {
         TypeError,
         "bias_init.*dtype",
     ),
-    "bad-key": (lambda: eqxconv.Conv2d(3, 6, 3, key="key"), TypeError, "`key`"),
+    "bad-key": (
+        lambda: eqxconv.Conv2d(3, 6, 3, key="key"),  # pyright: ignore
+        TypeError,
+        "`key`",
+    ),
     "local-bad-key": (
-        lambda: eqxconv.ConvLocal1d(2, 2, 3, in_spatial_shape=(8,), key=3),
+        lambda: eqxconv.ConvLocal1d(2, 2, 3, in_spatial_shape=(8,), key=3),  # pyright: ignore
         TypeError,
         "`key`",
     ),
@@ -159,9 +165,10 @@ class _Quantity:
 
 def test_unit_carrying_array_gets_a_clear_type_error():
     with pytest.raises(TypeError, match=r"_Quantity.*\.mantissa"):
-        _conv2d()(_Quantity(np.ones((3, 8, 8), np.float32)))
+        _conv2d()(_Quantity(np.ones((3, 8, 8), np.float32)))  # pyright: ignore
     with pytest.raises(TypeError, match=r"_Quantity.*\.mantissa"):
-        eqxconv.conv(_Quantity(np.ones((3, 8, 8), np.float32)), jnp.ones((6, 3, 3, 3)))
+        quantity: Any = _Quantity(np.ones((3, 8, 8), np.float32))
+        eqxconv.conv(quantity, jnp.ones((6, 3, 3, 3)))
 
 
 FUNCTIONAL_CASES = {
@@ -188,7 +195,11 @@ FUNCTIONAL_CASES = {
         "num_spatial_dims",
     ),
     "local-weight-none": (
-        lambda: eqxconv.conv_local(jnp.ones((2, 8, 8)), None, kernel_size=3),
+        lambda: eqxconv.conv_local(
+            jnp.ones((2, 8, 8)),
+            None,  # pyright: ignore
+            kernel_size=3,
+        ),
         TypeError,
         r"conv_local expected `weight`",
     ),

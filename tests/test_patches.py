@@ -110,7 +110,7 @@ def test_against_lax_patches(case, getkey):
 def test_every_lowering(strategy, case, getkey):
     channels, in_shape, k, s, padding, d, mode, pairs = _config(case)
     x = jr.normal(getkey(), (channels, *in_shape))
-    kwargs = dict(kernel_size=k, stride=s, dilation=d)
+    kwargs: dict[str, Any] = dict(kernel_size=k, stride=s, dilation=d)
     if strategy == "reshape" and s != k:
         with pytest.raises(ValueError, match="non-overlapping"):
             eqxconv.extract_patches(
