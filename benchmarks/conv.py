@@ -64,16 +64,11 @@ def jax_contenders(case: Case, key: Any) -> dict[str, tuple[Callable, Any, Any, 
     spatial = (case.spatial,) * n
     kx, kw, kr, ke, kf = jr.split(key, 5)
     x = jr.normal(kx, (case.batch, c_in, *spatial))
-    layer = eqxconv.Conv(
-        n,
-        c_in,
-        c_out,
-        case.kernel,
-        padding=case.padding,
-        groups=case.groups,
-        padding_mode=case.padding_mode,
-        key=kw,
+    arguments = (n, c_in, c_out, case.kernel)
+    options: dict[str, Any] = dict(
+        padding=case.padding, groups=case.groups, padding_mode=case.padding_mode
     )
+    layer = eqxconv.Conv(*arguments, **options, key=kw)
     r = jr.normal(kr, (case.batch, *jax.eval_shape(jax.vmap(layer), x).shape[1:]))
     weight, bias = layer.weight, layer.bias
     assert bias is not None
@@ -81,16 +76,7 @@ def jax_contenders(case: Case, key: Any) -> dict[str, tuple[Callable, Any, Any, 
     contenders: dict[str, tuple[Callable, Any, Any, Any]] = {}
 
     contenders["eqxconv"] = (lambda m, x: jax.vmap(m)(x), layer, x, r)
-    reference = eqx.nn.Conv(
-        n,
-        c_in,
-        c_out,
-        case.kernel,
-        padding=case.padding,
-        groups=case.groups,
-        padding_mode=case.padding_mode,
-        key=ke,
-    )
+    reference = eqx.nn.Conv(*arguments, **options, key=ke)
     reference = eqx.tree_at(lambda m: (m.weight, m.bias), reference, (weight, bias))
     contenders["equinox"] = (lambda m, x: jax.vmap(m)(x), reference, x, r)
 

@@ -66,16 +66,8 @@ def jax_fns(case: Case, key: Any) -> dict[str, tuple[Callable, Callable, tuple]]
     c = case
     xkey, ekey = jr.split(key)
     x = jr.normal(xkey, (c.batch, c.in_channels) + (c.size,) * c.n, jnp.float32)
-    eqx_layer = eqx.nn.ConvTranspose(
-        c.n,
-        c.in_channels,
-        c.out_channels,
-        c.kernel,
-        c.stride,
-        c.padding,
-        c.output_padding,
-        key=ekey,
-    )
+    arguments = (c.n, c.in_channels, c.out_channels, c.kernel, c.stride, c.padding)
+    eqx_layer = eqx.nn.ConvTranspose(*arguments, c.output_padding, key=ekey)
     weight, bias = eqx_layer.weight, eqx_layer.bias
     assert bias is not None
     fns: dict[str, tuple[Callable, Callable, tuple]] = {}
@@ -89,16 +81,7 @@ def jax_fns(case: Case, key: Any) -> dict[str, tuple[Callable, Callable, tuple]]
 
         fns[name] = (jax.jit(fwd), jax.jit(fwd_bwd), (weight, bias, x))
 
-    ours = eqxconv.ConvTranspose(
-        c.n,
-        c.in_channels,
-        c.out_channels,
-        c.kernel,
-        c.stride,
-        c.padding,
-        c.output_padding,
-        key=ekey,
-    )
+    ours = eqxconv.ConvTranspose(*arguments, c.output_padding, key=ekey)
 
     def layer_apply(w, b, x):
         layer = eqx.tree_at(lambda m: (m.weight, m.bias), ours, (w, b))

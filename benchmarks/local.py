@@ -22,18 +22,13 @@ import torch
 import torch.nn.functional as F
 
 import eqxconv
-
-
-try:
-    from ._timing import compile_seconds, markdown, median_time, peak_bytes, Table
-except ImportError:  # run as a script
-    from _timing import (  # pyright: ignore[reportMissingImports]
-        compile_seconds,
-        markdown,
-        median_time,
-        peak_bytes,
-        Table,
-    )
+from benchmarks._timing import (
+    compile_seconds,
+    markdown,
+    median_time,
+    peak_bytes,
+    Table,
+)
 
 
 def _no_sync(out: Any) -> Any:

@@ -19,19 +19,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmarks._timing import (
+    compile_seconds,
+    markdown,
+    median_time,
+    peak_bytes,
+    Table,
+)
 from eqxconv import extract_patches, fold_patches
-
-
-try:
-    from ._timing import compile_seconds, markdown, median_time, peak_bytes, Table
-except ImportError:  # run as a script
-    from _timing import (  # pyright: ignore[reportMissingImports]
-        compile_seconds,
-        markdown,
-        median_time,
-        peak_bytes,
-        Table,
-    )
 
 
 def _loss_grad(fn: Callable[[jax.Array], jax.Array]) -> Callable[..., Any]:
