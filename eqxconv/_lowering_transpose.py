@@ -91,6 +91,8 @@ def _lax_conv(
 
 
 def _conv(cfg: Stride1Config, x: Array, w: Array) -> Array:
+    # Exactly (config, input, weight): `custom_jvp` would bind a defaulted
+    # `lhs_dilation` as a third primal.
     return _lax_conv(cfg, x, w)
 
 
