@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
-from ._geometry import is_non_overlapping, output_shape, Padding
+from ._geometry import is_non_overlapping, output_shape, Padding, SIZE_BY_STRIDE
 
 
 PaddingLike: TypeAlias = str | int | Sequence[int] | Sequence[tuple[int, int]]
@@ -193,14 +193,14 @@ def normalise_padding(
 ) -> tuple[Padding, PaddingMode]:
     """Normalise `padding` and `padding_mode` together.
 
-    `'CIRCULAR'` padding is shorthand for `padding='SAME', padding_mode='CIRCULAR'`, so
-    the two arguments are resolved as one.
+    `'CIRCULAR'` padding is Flax's string: periodic padding centred on the window, so
+    it fixes the mode to `'CIRCULAR'` and the two arguments are resolved as one.
 
     **Returns:**
 
     `(padding, padding_mode)`: padding as an upper-case string among `'VALID'`,
-    `'SAME'`, `'SAME_LOWER'`, `'CAUSAL'`, or a tuple of `(low, high)` pairs; the mode
-    upper-case.
+    `'SAME'`, `'SAME_LOWER'`, `'CAUSAL'`, `'CIRCULAR'`, or a tuple of `(low, high)`
+    pairs; the mode upper-case.
     """
     mode = check_choice(padding_mode, "padding_mode", PADDING_MODES)
     if isinstance(padding, str):
@@ -208,11 +208,11 @@ def normalise_padding(
         if upper == "CIRCULAR":
             if mode not in ("ZEROS", "CIRCULAR"):
                 raise ValueError(
-                    "`padding='CIRCULAR'` means `padding='SAME', "
-                    "padding_mode='CIRCULAR'` and cannot be combined with "
-                    f"`padding_mode={padding_mode!r}`."
+                    "`padding='CIRCULAR'` pads periodically (Flax's padding string) "
+                    f"and cannot be combined with `padding_mode={padding_mode!r}`; "
+                    "allowed with it: 'ZEROS' (the default) or 'CIRCULAR'."
                 )
-            return "SAME", "CIRCULAR"
+            return "CIRCULAR", "CIRCULAR"
         for string in ("VALID", "SAME", "SAME_LOWER", "CAUSAL"):
             if upper == string:
                 return string, mode
@@ -274,15 +274,15 @@ def check_output_padding(
     """Validate a transposed convolution's `output_padding` against its configuration.
 
     PyTorch's rule: `output_padding < max(stride, dilation)` in every dimension. With
-    `'SAME'`/`'SAME_LOWER'` padding the output size is only ambiguous up to the
-    stride, so there `output_padding < stride`.
+    `'SAME'`, `'SAME_LOWER'` or `'CIRCULAR'` padding the output size is only ambiguous
+    up to the stride, so there `output_padding < stride`.
 
     **Returns:**
 
     `output_padding` as a tuple of `num_spatial_dims` non-negative ints.
     """
     values = to_tuple(output_padding, num_spatial_dims, "output_padding", minimum=0)
-    same = padding in ("SAME", "SAME_LOWER")
+    same = padding in SIZE_BY_STRIDE
     for i, (a, s, d) in enumerate(zip(values, stride, dilation, strict=True)):
         limit = s if same else max(s, d)
         if a >= limit:

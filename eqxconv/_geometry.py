@@ -14,11 +14,16 @@ from typing import Literal, TypeAlias
 PaddingPairs: TypeAlias = tuple[tuple[int, int], ...]
 """A `(low, high)` pair per spatial dimension."""
 
-PaddingString: TypeAlias = Literal["VALID", "SAME", "SAME_LOWER", "CAUSAL"]
+PaddingString: TypeAlias = Literal["VALID", "SAME", "SAME_LOWER", "CAUSAL", "CIRCULAR"]
 
 Padding: TypeAlias = PaddingString | PaddingPairs
 """Normalised padding: an upper-case padding string, or a `(low, high)` pair per
 dimension."""
+
+
+SIZE_BY_STRIDE: tuple[PaddingString, ...] = ("SAME", "SAME_LOWER", "CIRCULAR")
+"""The padding strings whose transposed convolution returns `in * stride -
+output_padding`, for which `output_padding < stride`."""
 
 
 def dilated_size(size: int, dilation: int) -> int:
@@ -53,7 +58,9 @@ def resolve_padding(
 
     `'SAME'` gives `ceil(in / stride)` outputs with the odd extra pad at the end
     (`'SAME_LOWER'`: at the start); `'CAUSAL'` pads the dilated kernel's extent minus
-    one before.
+    one before; `'CIRCULAR'` (Flax's string, whose mode is periodic) pads that extent
+    minus one around the window's centre, `((e - 1) // 2, e // 2)`, at every stride
+    and input size, as Flax does.
     """
     if not isinstance(padding, str):
         return padding
@@ -66,6 +73,8 @@ def resolve_padding(
             pairs.append((0, 0))
         elif padding == "CAUSAL":
             pairs.append((extent - 1, 0))
+        elif padding == "CIRCULAR":
+            pairs.append(((extent - 1) // 2, extent // 2))
         else:
             out = math.ceil(size / s)
             total = max((out - 1) * s + extent - size, 0)
@@ -120,7 +129,9 @@ def transposed_geometry(
     shape `n` back onto `m`, `output_padding` choosing among the candidates:
     `n = (m - 1) * stride + dilation * (kernel - 1) + 1 - low - high + output_padding`
     for explicit `(low, high)` padding (and the strings whose pairs do not depend on
-    the input), `n = m * stride - output_padding` for `'SAME'`/`'SAME_LOWER'`.
+    the input), `n = m * stride - output_padding` for `'SAME'`, `'SAME_LOWER'` and
+    `'CIRCULAR'` (whose forward convolution maps every such `n` to `m`: a periodic
+    domain upsampled by the stride).
 
     **Returns:**
 
@@ -140,7 +151,7 @@ def transposed_geometry(
         )
     ):
         full = window_extent(m, k, s, d)
-        if padding in ("SAME", "SAME_LOWER"):
+        if padding in SIZE_BY_STRIDE:
             n = m * s - a
             ((low, high),) = resolve_padding(padding, (n,), (k,), (s,), (d,))
         else:

@@ -168,8 +168,9 @@ def conv(
     - `padding`: an int, `N` ints, `N` `(low, high)` pairs, or one of `'VALID'`,
         `'SAME'` (output size `ceil(in / stride)`, odd extra pad at the end),
         `'SAME_LOWER'` (odd extra pad at the start), `'CAUSAL'` (pad
-        `dilation * (kernel - 1)` before only) or `'CIRCULAR'` (`'SAME'` with
-        `padding_mode='CIRCULAR'`); case-insensitive. Strings are resolved against the
+        `dilation * (kernel - 1)` before only) or `'CIRCULAR'` (Flax's: periodic
+        padding of `((e - 1) // 2, e // 2)` for the dilated kernel's extent `e`, at
+        every stride); case-insensitive. Strings are resolved against the
         (input-dilated) input shape.
     - `dilation`: the kernel dilation ("atrous" rate), an int or `N` ints.
     - `input_dilation`: the input dilation (`lhs_dilation` in `lax`); needs

@@ -96,8 +96,8 @@ def oracle_pairs(padding, in_shape, kernel_size, stride, dilation):
         extent = [(k - 1) * d + 1 for k, d in zip(kernel_size, dilation, strict=True)]
         if upper == "CAUSAL":
             return [(e - 1, 0) for e in extent]
-        if upper == "CIRCULAR":
-            upper = "SAME"
+        if upper == "CIRCULAR":  # Flax's: centred on the window, at every stride
+            return [((e - 1) // 2, e // 2) for e in extent]
         return [tuple(p) for p in lax.padtype_to_pads(in_shape, extent, stride, upper)]
     if isinstance(padding, int):
         return [(padding, padding)] * n

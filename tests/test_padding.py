@@ -23,8 +23,8 @@ from eqxconv._geometry import resolve_padding
         ("same", "zeros", ("SAME", "ZEROS")),
         ("Same_Lower", "ZEROS", ("SAME_LOWER", "ZEROS")),
         ("causal", "REFLECT", ("CAUSAL", "REFLECT")),
-        ("circular", "ZEROS", ("SAME", "CIRCULAR")),
-        ("CIRCULAR", "circular", ("SAME", "CIRCULAR")),
+        ("circular", "ZEROS", ("CIRCULAR", "CIRCULAR")),
+        ("CIRCULAR", "circular", ("CIRCULAR", "CIRCULAR")),
         (np.int64(2), "ZEROS", (((2, 2), (2, 2)), "ZEROS")),
     ],
 )
