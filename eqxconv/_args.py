@@ -243,10 +243,10 @@ def check_input_dilation(
     input_dilation: int | Sequence[int],
     num_spatial_dims: int,
     padding_mode: PaddingMode,
-    impl: str,
+    impl: str = "auto",
 ) -> tuple[int, ...]:
-    """`input_dilation` as a tuple; only zero padding and XLA's convolution are
-    defined on an input-dilated input."""
+    """`input_dilation` as a tuple; only zero padding is defined on an input-dilated
+    input, and the shift lowering does not take one."""
     values = to_tuple(input_dilation, num_spatial_dims, "input_dilation")
     if values == (1,) * num_spatial_dims:
         return values

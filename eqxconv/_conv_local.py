@@ -9,12 +9,13 @@ import equinox as eqx
 from jaxtyping import Array, PRNGKeyArray
 
 from ._args import (
+    check_input_dilation,
     check_positive_int,
     check_spatial_shape,
     check_window_fits,
     PaddingLike,
 )
-from ._geometry import output_shape
+from ._geometry import dilated_shape, output_shape
 from ._init import Initializer
 from ._layer import layer_arguments, WeightedLayer
 from ._ops import run_conv_local
@@ -32,6 +33,7 @@ class ConvLocal(WeightedLayer):
     """
 
     in_spatial_shape: tuple[int, ...] = eqx.field(static=True)
+    input_dilation: tuple[int, ...] = eqx.field(static=True)
     chunk_size: int | None = eqx.field(static=True)
 
     def __init__(
@@ -49,6 +51,7 @@ class ConvLocal(WeightedLayer):
         dtype: Any = None,
         *,
         in_spatial_shape: Sequence[int],
+        input_dilation: int | Sequence[int] = 1,
         key: PRNGKeyArray,
         kernel_init: Initializer | None = None,
         bias_init: Initializer | None = None,
@@ -66,6 +69,10 @@ class ConvLocal(WeightedLayer):
         - `in_spatial_shape`: the input's spatial shape `(dim_1, ..., dim_N)`
             (keyword only, required): it sizes the per-position kernels. A
             `ValueError` if the dilated kernel does not fit in it after padding.
+        - `input_dilation`: the input dilation, an int or `N` ints (keyword only),
+            as for [`eqxconv.conv_local`][] (Flax's `input_dilation`); the output,
+            and so the weight, is sized on the dilated extent. Needs
+            `padding_mode='ZEROS'`.
         - `kernel_init`, `bias_init`: as for `Conv`; the default's `fan_in =
             (in_channels // groups) * prod(kernel_size)` counts the inputs each
             output sees (unlike Flax's `ConvLocal`, not the output positions).
@@ -77,6 +84,7 @@ class ConvLocal(WeightedLayer):
         """
         arguments = layer_arguments(locals())
         in_spatial_shape = arguments.pop("in_spatial_shape")
+        input_dilation = arguments.pop("input_dilation")
         chunk_size = arguments.pop("chunk_size")
         self.chunk_size = (
             None if chunk_size is None else check_positive_int(chunk_size, "chunk_size")
@@ -85,12 +93,15 @@ class ConvLocal(WeightedLayer):
         self.in_spatial_shape = check_spatial_shape(
             in_spatial_shape, self.num_spatial_dims, "in_spatial_shape"
         )
+        self.input_dilation = check_input_dilation(
+            input_dilation, self.num_spatial_dims, self.padding_mode
+        )
         self._initialise(**initialisation)
 
     def _parameter_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...], int]:
         out_spatial = check_window_fits(
             "in_spatial_shape",
-            self.in_spatial_shape,
+            dilated_shape(self.in_spatial_shape, self.input_dilation),
             self.padding,
             self.kernel_size,
             self.stride,
@@ -111,7 +122,11 @@ class ConvLocal(WeightedLayer):
             in_spatial_shape, self.num_spatial_dims, "in_spatial_shape"
         )
         return output_shape(
-            in_spatial_shape, self.padding, self.kernel_size, self.stride, self.dilation
+            dilated_shape(in_spatial_shape, self.input_dilation),
+            self.padding,
+            self.kernel_size,
+            self.stride,
+            self.dilation,
         )
 
     def _apply(self, where: str, x: Array, weight: Array) -> Array:
@@ -125,6 +140,7 @@ class ConvLocal(WeightedLayer):
             dilation=self.dilation,
             groups=self.groups,
             padding_mode=self.padding_mode,
+            input_dilation=self.input_dilation,
             precision=self.precision,
             preferred_element_type=self.preferred_element_type,
             chunk_size=self.chunk_size,
@@ -149,6 +165,7 @@ class ConvLocal1d(ConvLocal):
         dtype: Any = None,
         *,
         in_spatial_shape: Sequence[int],
+        input_dilation: int | Sequence[int] = 1,
         key: PRNGKeyArray,
         kernel_init: Initializer | None = None,
         bias_init: Initializer | None = None,
@@ -178,6 +195,7 @@ class ConvLocal2d(ConvLocal):
         dtype: Any = None,
         *,
         in_spatial_shape: Sequence[int],
+        input_dilation: int | Sequence[int] = 1,
         key: PRNGKeyArray,
         kernel_init: Initializer | None = None,
         bias_init: Initializer | None = None,
@@ -207,6 +225,7 @@ class ConvLocal3d(ConvLocal):
         dtype: Any = None,
         *,
         in_spatial_shape: Sequence[int],
+        input_dilation: int | Sequence[int] = 1,
         key: PRNGKeyArray,
         kernel_init: Initializer | None = None,
         bias_init: Initializer | None = None,

@@ -31,6 +31,17 @@ def dilated_size(size: int, dilation: int) -> int:
     return (size - 1) * dilation + 1 if size > 0 else 0
 
 
+def dilated_shape(
+    spatial_shape: Sequence[int], input_dilation: Sequence[int]
+) -> tuple[int, ...]:
+    """The spatial shape of an input with `input_dilation - 1` zeros inserted between
+    neighbours (`lhs_dilation` in `lax`): what padding and windows apply to."""
+    return tuple(
+        dilated_size(size, r)
+        for size, r in zip(spatial_shape, input_dilation, strict=True)
+    )
+
+
 def window_extent(out: int, kernel: int, stride: int, dilation: int) -> int:
     """The extent of (padded) input that `out` windows of a dilated kernel spaced
     `stride` apart touch."""
@@ -102,9 +113,7 @@ def output_shape(
         size + low + high
         for size, (low, high) in zip(in_spatial_shape, pairs, strict=True)
     )
-    extent = tuple(
-        dilated_size(k, d) for k, d in zip(kernel_size, dilation, strict=True)
-    )
+    extent = dilated_shape(kernel_size, dilation)
     if any(p < e for p, e in zip(padded, extent, strict=True)):
         raise ValueError(
             f"the input's spatial shape {tuple(in_spatial_shape)} is {padded} after "

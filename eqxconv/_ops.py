@@ -45,7 +45,7 @@ from ._checks import (
 )
 from ._choose import choose_conv_impl, choose_patches_impl, choose_transpose_impl
 from ._geometry import (
-    dilated_size,
+    dilated_shape,
     output_shape,
     Padding,
     resolve_padding,
@@ -96,10 +96,7 @@ def run_conv(
     """[`eqxconv.conv`][] of a checked input with normalised arguments; `where` names
     the caller in errors."""
     kernel_size = weight.shape[2:]
-    extent = tuple(
-        dilated_size(size, d)
-        for size, d in zip(x.shape[1:], input_dilation, strict=True)
-    )
+    extent = dilated_shape(x.shape[1:], input_dilation)
     pairs = resolve_padding(padding, extent, kernel_size, stride, dilation)
     check_fits(
         where, x.shape, output_shape, extent, pairs, kernel_size, stride, dilation
@@ -229,13 +226,16 @@ def conv_output_shape(
     stride: int | Sequence[int] = 1,
     padding: PaddingLike = 0,
     dilation: int | Sequence[int] = 1,
+    input_dilation: int | Sequence[int] = 1,
 ) -> tuple[int, ...]:
-    """The spatial shape a convolution returns, in pure Python (no arrays).
+    """The spatial shape a convolution (or patch extraction, or locally connected
+    convolution) returns, in pure Python (no arrays).
 
     **Arguments:**
 
     - `in_spatial_shape`: the input's spatial shape `(dim_1, ..., dim_N)`.
-    - `kernel_size`, `stride`, `padding`, `dilation`: as for [`eqxconv.conv`][].
+    - `kernel_size`, `stride`, `padding`, `dilation`, `input_dilation`: as for
+        [`eqxconv.conv`][].
 
     **Returns:**
 
@@ -249,7 +249,7 @@ def conv_output_shape(
     n = len(in_spatial_shape)
     norm_padding, _ = normalise_padding(padding, "ZEROS", n)
     return output_shape(
-        in_spatial_shape,
+        dilated_shape(in_spatial_shape, to_tuple(input_dilation, n, "input_dilation")),
         norm_padding,
         to_tuple(kernel_size, n, "kernel_size"),
         to_tuple(stride, n, "stride"),
@@ -290,9 +290,7 @@ def run_conv_transpose(
         output_padding,
     )
     x, weight = _promote(x, weight)
-    extents = tuple(
-        dilated_size(k, d) for k, d in zip(kernel_size, dilation, strict=True)
-    )
+    extents = dilated_shape(kernel_size, dilation)
     if padding_mode == "ZEROS":
         # The forward padding only crops the transposed output.
         core_pairs = tuple(
@@ -419,21 +417,22 @@ def run_extract_patches(
     padding: Padding,
     dilation: tuple[int, ...],
     padding_mode: PaddingMode,
+    input_dilation: tuple[int, ...],
     preferred_element_type: Any = None,
     impl: PatchesImpl = "auto",
 ) -> Array:
     """[`eqxconv.extract_patches`][] of a checked input with normalised arguments;
     `where` names the caller in errors."""
-    pairs = resolve_padding(padding, x.shape[1:], kernel_size, stride, dilation)
+    extent = dilated_shape(x.shape[1:], input_dilation)
+    pairs = resolve_padding(padding, extent, kernel_size, stride, dilation)
     out_shape = check_fits(
-        where, x.shape, output_shape, x.shape[1:], pairs, kernel_size, stride, dilation
+        where, x.shape, output_shape, extent, pairs, kernel_size, stride, dilation
     )
     check_mode_input(where, x.shape, pairs, padding_mode)
     if impl == "auto":
         impl = choose_patches_impl(kernel_size, stride, dilation)
-    patches = extract_padded(
-        pad(x, pairs, padding_mode), kernel_size, stride, dilation, out_shape, impl
-    )
+    padded = pad(x, pairs, padding_mode, input_dilation)
+    patches = extract_padded(padded, kernel_size, stride, dilation, out_shape, impl)
     return _cast(patches, preferred_element_type)
 
 
@@ -464,6 +463,7 @@ def extract_patches(
     padding: PaddingLike = 0,
     dilation: int | Sequence[int] = 1,
     padding_mode: str = "ZEROS",
+    input_dilation: int | Sequence[int] = 1,
     precision: Any = None,
     preferred_element_type: Any = None,
     impl: str = "auto",
@@ -484,6 +484,12 @@ def extract_patches(
     - `padding`: as for [`eqxconv.conv`][].
     - `dilation`: the spacing of the window's points, an int or `N` ints.
     - `padding_mode`: `'ZEROS'`, `'REFLECT'`, `'REPLICATE'` or `'CIRCULAR'`.
+    - `input_dilation`: the input dilation, an int or `N` ints: `input_dilation - 1`
+        zeros between neighbouring inputs, as `lhs_dilation` of
+        `lax.conv_general_dilated_patches`; padding strings are resolved against the
+        dilated extent `(dim - 1) * input_dilation + 1`. Needs
+        `padding_mode='ZEROS'`. The dilated input is written with one strided write
+        (the interior padding of `lax.pad`).
     - `precision`: accepted for compatibility with `lax`; patches are exact copies,
         so it has no effect.
     - `preferred_element_type`: the output's dtype (default: `x`'s).
@@ -502,7 +508,7 @@ def extract_patches(
     [`eqxconv.conv_output_shape`][] gives it. The patch axis is flattened
     channel-major, then kernel offsets in row-major order: entry
     `c * prod(kernel_size) + ravel(offset)` at output position `p` is the padded input
-    at channel `c`, position `p * stride + offset * dilation`.
+    at channel `c`, position `p * stride + offset * dilation` (of the dilated input).
     """
     del precision
     where = "eqxconv.extract_patches"
@@ -511,6 +517,7 @@ def extract_patches(
     stride = to_tuple(stride, n, "stride")
     dilation = to_tuple(dilation, n, "dilation")
     norm_padding, mode = normalise_padding(padding, padding_mode, n)
+    input_dilation = check_input_dilation(input_dilation, n, mode)
     impl = check_patches_impl(impl, kernel_size, stride, dilation)
     check_input(where, x, num_spatial_dims=n, in_channels=None)
     return run_extract_patches(
@@ -521,6 +528,7 @@ def extract_patches(
         padding=norm_padding,
         dilation=dilation,
         padding_mode=mode,
+        input_dilation=input_dilation,
         preferred_element_type=preferred_element_type,
         impl=impl,
     )
@@ -644,15 +652,17 @@ def run_conv_local(
     dilation: tuple[int, ...],
     groups: int,
     padding_mode: PaddingMode,
+    input_dilation: tuple[int, ...],
     precision: Any,
     preferred_element_type: Any,
     chunk_size: int | None,
 ) -> Array:
     """[`eqxconv.conv_local`][] of a checked input with normalised arguments; `where`
     names the caller in errors."""
-    pairs = resolve_padding(padding, x.shape[1:], kernel_size, stride, dilation)
+    extent = dilated_shape(x.shape[1:], input_dilation)
+    pairs = resolve_padding(padding, extent, kernel_size, stride, dilation)
     out_shape = check_fits(
-        where, x.shape, output_shape, x.shape[1:], pairs, kernel_size, stride, dilation
+        where, x.shape, output_shape, extent, pairs, kernel_size, stride, dilation
     )
     check_mode_input(where, x.shape, pairs, padding_mode)
     check_local_weight(
@@ -665,7 +675,7 @@ def run_conv_local(
     )
     x, weight = _promote(x, weight)
     return local_conv(
-        pad(x, pairs, padding_mode),
+        pad(x, pairs, padding_mode, input_dilation),
         weight,
         kernel_size=kernel_size,
         stride=stride,
@@ -687,6 +697,7 @@ def conv_local(
     dilation: int | Sequence[int] = 1,
     groups: int = 1,
     padding_mode: str = "ZEROS",
+    input_dilation: int | Sequence[int] = 1,
     precision: Any = None,
     preferred_element_type: Any = None,
     chunk_size: int | None = None,
@@ -711,6 +722,10 @@ def conv_local(
     - `kernel_size`: the kernel's spatial size, an int or `N` ints.
     - `stride`, `padding`, `dilation`, `groups`, `padding_mode`: as for
         [`eqxconv.conv`][].
+    - `input_dilation`: as for [`eqxconv.conv`][] (`lhs_dilation` of
+        `lax.conv_general_dilated_local`): padding strings are resolved against the
+        dilated extent, and `weight`'s `out_spatial` is the output on it. Needs
+        `padding_mode='ZEROS'`.
     - `precision`, `preferred_element_type`: passed to the contraction
         (`jnp.einsum`).
     - `chunk_size`: `None` (default) computes every output position at once. An int
@@ -738,6 +753,7 @@ def conv_local(
     stride = to_tuple(stride, n, "stride")
     dilation = to_tuple(dilation, n, "dilation")
     norm_padding, mode = normalise_padding(padding, padding_mode, n)
+    input_dilation = check_input_dilation(input_dilation, n, mode)
     if chunk_size is not None:
         chunk_size = check_positive_int(chunk_size, "chunk_size")
     check_input(where, x, num_spatial_dims=n, in_channels=None)
@@ -756,6 +772,7 @@ def conv_local(
         dilation=dilation,
         groups=groups,
         padding_mode=mode,
+        input_dilation=input_dilation,
         precision=precision,
         preferred_element_type=preferred_element_type,
         chunk_size=chunk_size,

@@ -7,6 +7,7 @@ import equinox as eqx
 from jaxtyping import Array, Inexact, PRNGKeyArray
 
 from ._args import (
+    check_input_dilation,
     check_positive_int,
     check_spatial_shape,
     normalise_fold_padding,
@@ -16,7 +17,7 @@ from ._args import (
     to_tuple,
 )
 from ._checks import checked_call
-from ._geometry import output_shape, Padding
+from ._geometry import dilated_shape, output_shape, Padding
 from ._ops import fold_grid_shape, run_extract_patches, run_fold_patches
 
 
@@ -35,6 +36,7 @@ class ExtractPatches(eqx.Module):
     padding: Padding = eqx.field(static=True)
     dilation: tuple[int, ...] = eqx.field(static=True)
     padding_mode: PaddingMode = eqx.field(static=True)
+    input_dilation: tuple[int, ...] = eqx.field(static=True)
 
     def __init__(
         self,
@@ -45,6 +47,7 @@ class ExtractPatches(eqx.Module):
         dilation: int | Sequence[int] = 1,
         padding_mode: str = "ZEROS",
         *,
+        input_dilation: int | Sequence[int] = 1,
         key: PRNGKeyArray | None = None,
     ):
         """**Arguments:**
@@ -58,6 +61,8 @@ class ExtractPatches(eqx.Module):
         - `dilation`: the spacing of the window's points, an int or `N` ints.
         - `padding_mode`: `'ZEROS'` (default), `'REFLECT'`, `'REPLICATE'` or
             `'CIRCULAR'`.
+        - `input_dilation`: the input dilation, an int or `N` ints (keyword only), as
+            for [`eqxconv.extract_patches`][]; needs `padding_mode='ZEROS'`.
         - `key`: ignored (there are no parameters); accepted for uniformity.
         """
         del key
@@ -67,6 +72,7 @@ class ExtractPatches(eqx.Module):
         self.stride = to_tuple(stride, n, "stride")
         self.padding, self.padding_mode = normalise_padding(padding, padding_mode, n)
         self.dilation = to_tuple(dilation, n, "dilation")
+        self.input_dilation = check_input_dilation(input_dilation, n, self.padding_mode)
 
     def out_spatial_shape(self, in_spatial_shape: Sequence[int]) -> tuple[int, ...]:
         """The patch grid's spatial shape for an input of spatial shape
@@ -75,7 +81,11 @@ class ExtractPatches(eqx.Module):
             in_spatial_shape, self.num_spatial_dims, "in_spatial_shape"
         )
         return output_shape(
-            in_spatial_shape, self.padding, self.kernel_size, self.stride, self.dilation
+            dilated_shape(in_spatial_shape, self.input_dilation),
+            self.padding,
+            self.kernel_size,
+            self.stride,
+            self.dilation,
         )
 
     @checked_call
@@ -103,6 +113,7 @@ class ExtractPatches(eqx.Module):
             padding=self.padding,
             dilation=self.dilation,
             padding_mode=self.padding_mode,
+            input_dilation=self.input_dilation,
         )
 
 

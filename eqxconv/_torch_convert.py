@@ -23,7 +23,7 @@ from ._conv_transpose import (
     ConvTranspose3d,
 )
 from ._geometry import (
-    dilated_size,
+    dilated_shape,
     Padding,
     PaddingPairs,
     resolve_padding,
@@ -557,9 +557,7 @@ def _explicit_pairs(
         )
     if in_spatial_shape is None:
         # Any shape will do, as the padding does not depend on it.
-        in_spatial_shape = tuple(
-            dilated_size(k, d) for k, d in zip(kernel_size, dilation, strict=True)
-        )
+        in_spatial_shape = dilated_shape(kernel_size, dilation)
     return resolve_padding(padding, in_spatial_shape, kernel_size, stride, dilation)
 
 
@@ -690,6 +688,11 @@ def _extract_patches_to_torch(
     torch: Any, layer: ExtractPatches, in_spatial_shape: tuple[int, ...] | None
 ) -> Any:
     _check_two_dims(layer, "Unfold")
+    if any(r != 1 for r in layer.input_dilation):
+        raise ValueError(
+            f"The ExtractPatches has input_dilation={layer.input_dilation}; "
+            "torch.nn.Unfold has no input dilation, so only input_dilation=1 converts."
+        )
     pairs = _explicit_pairs(layer, in_spatial_shape)
     common = dict(
         kernel_size=layer.kernel_size, dilation=layer.dilation, stride=layer.stride
