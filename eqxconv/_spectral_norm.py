@@ -55,7 +55,7 @@ def _power_iterations(
 ) -> tuple[Array, Array]:
     """`num_iterations` steps `u = A v / |A v|`, `v = A* u / |A* u|`."""
 
-    def step(_: int, uv: tuple[Array, Array]) -> tuple[Array, Array]:
+    def step(_: Array, uv: tuple[Array, Array]) -> tuple[Array, Array]:
         _, v = uv
         out, pullback = jax.vjp(linear, v)
         u = _normalise(out, eps)
@@ -75,18 +75,19 @@ class SpectralNorm(eqx.nn.StatefulLayer, Generic[_Layer]):
     padding, `padding_mode`, dilation, groups and mask included. So the normalised
     layer's Lipschitz constant (with respect to the 2-norm, on that input shape) is 1.
 
-    [`equinox.nn.SpectralNorm`][] (and PyTorch's `spectral_norm`) divide by the
+    `equinox.nn.SpectralNorm` (and PyTorch's `spectral_norm`) divide by the
     largest singular value of the kernel reshaped to an `(out_channels, -1)` matrix
-    instead, which is not the convolution's norm: it is smaller for overlapping
-    windows (a stride smaller than the kernel) and differs again at the borders (see
-    the API page for an example). Here σ is estimated by power iteration with the
-    layer's own op and its exact adjoint (reverse-mode autodiff of that linear map).
+    instead, which is not the convolution's norm: it is usually smaller when windows
+    overlap (a stride smaller than the kernel), and padding changes the norm at the
+    borders in either direction (see the API page for examples). Here σ is estimated
+    by power iteration with the layer's own op and its exact adjoint (reverse-mode
+    autodiff of that linear map).
 
     The conventions are `equinox.nn.SpectralNorm`'s: build it with
-    [`equinox.nn.make_with_state`][]; calling it returns `(output, state)`; the state
+    `equinox.nn.make_with_state`; calling it returns `(output, state)`; the state
     holds the power-iteration pair, updated by `num_power_iterations` steps at every
     call in training mode and left as it is in inference mode (toggled by
-    [`equinox.nn.inference_mode`][]); no gradient flows through the pair, while σ,
+    `equinox.nn.inference_mode`); no gradient flows through the pair, while σ,
     computed from it as `<u, A v>`, is differentiated with respect to the weight.
     The state does not depend on the input, so under `jax.vmap(model, in_axes=(0,
     None), out_axes=(0, None))` it stays unbatched.
@@ -124,7 +125,7 @@ class SpectralNorm(eqx.nn.StatefulLayer, Generic[_Layer]):
         - `eps`: the smallest norm a power-iteration vector is divided by, and the
             smallest σ the weight is divided by (keyword only).
         - `inference`: whether to leave the state as it is at every call; set by
-            [`equinox.nn.inference_mode`][] (keyword only).
+            `equinox.nn.inference_mode` (keyword only).
         - `key`: a `jax.random` key for the power iteration's starting vector
             (keyword only). At construction it runs 15 steps, as Equinox does.
 
@@ -180,7 +181,7 @@ class SpectralNorm(eqx.nn.StatefulLayer, Generic[_Layer]):
 
         - `x`: the input, shape `(in_channels, *in_spatial_shape)`; batch with
             `jax.vmap(model, in_axes=(0, None), out_axes=(0, None))`.
-        - `state`: the [`equinox.nn.State`][] holding the power-iteration pair.
+        - `state`: the `equinox.nn.State` holding the power-iteration pair.
         - `key`: ignored; accepted for compatibility with the Equinox API.
         - `inference`: `True` or `False` overrides `self.inference` for this call;
             `None` (default) uses it.

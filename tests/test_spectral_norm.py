@@ -6,7 +6,7 @@ convolution's matrix for `ConvTranspose`, `lax.conv_general_dilated_local` for
 operator norm; inference mode; `vmap` with an unbatched state; gradients; errors."""
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import equinox as eqx
 import jax
@@ -38,10 +38,11 @@ def conv_matrix(weight, in_shape, *, stride, pairs, dilation, groups, mode):
     vector padded by `np.pad`, then a VALID `lax.conv_general_dilated`."""
     weight = np.asarray(weight)
     basis = _basis(weight.shape[1] * groups, in_shape, weight.dtype)
-    padded = np.pad(basis, [(0, 0), (0, 0), *pairs], mode=NP_PAD_MODES[mode])
+    padded = np.pad(basis, [(0, 0), (0, 0), *pairs], mode=cast(Any, NP_PAD_MODES[mode]))
     out = lax.conv_general_dilated(
-        padded, weight, tuple(stride), "VALID", rhs_dilation=tuple(dilation),
-        feature_group_count=groups, precision="highest",
+        jnp.asarray(padded), jnp.asarray(weight), tuple(stride), "VALID",
+        rhs_dilation=tuple(dilation), feature_group_count=groups,
+        precision="highest",
     )  # fmt: skip
     return np.asarray(out).reshape(len(basis), -1).T
 
@@ -171,8 +172,8 @@ def test_matches_svd_of_explicit_matrix(make, in_shape, oracle, getkey):
     assert u.shape == (layer.out_channels, *layer.out_spatial_shape(in_shape))
     dtype = layer.weight.dtype
     x = jr.normal(getkey(), (layer.in_channels, *in_shape), dtype)
-    for _ in range(2):
-        y, state = _call(model, x, state)
+    _, state = _call(model, x, state)
+    y, state = _call(model, x, state)
     expected = (matrix @ np.asarray(x).ravel()) / sigma
     scale = np.abs(expected).max()
     np.testing.assert_allclose(
@@ -276,8 +277,9 @@ def test_vmap_shares_state(getkey):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
     u, v = single_state.get(model.uv_index)
     sigma = jnp.vdot(u, _conv_lax(v, layer.weight))
-    assert layer.bias is not None
-    expected = jax.vmap(lambda x: _conv_lax(x, layer.weight / sigma) + layer.bias)(xs)
+    bias = layer.bias
+    assert bias is not None
+    expected = jax.vmap(lambda x: _conv_lax(x, layer.weight / sigma) + bias)(xs)
     np.testing.assert_allclose(np.asarray(ys), np.asarray(expected), rtol=1e-5)
 
 
