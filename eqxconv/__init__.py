@@ -23,6 +23,7 @@ from ._ops import (
     fold_patches as fold_patches,
 )
 from ._patches import ExtractPatches as ExtractPatches, FoldPatches as FoldPatches
+from ._spectral_norm import SpectralNorm as SpectralNorm
 from ._torch_convert import from_torch as from_torch, to_torch as to_torch
 from ._torch_state_dict import load_torch_state_dict as load_torch_state_dict
 

@@ -418,3 +418,42 @@ def check_mask(mask: Any, weight_shape: tuple[int, ...]) -> Array | None:
         )
     # Same rank as the weight, so no call relies on implicit rank promotion.
     return mask.reshape((1,) * (len(weight_shape) - mask.ndim) + mask.shape)
+
+
+def check_positive_float(value: object, name: str) -> float:
+    """`value` as a finite float `> 0` (ints accepted, bools refused), or a
+    `TypeError`/`ValueError` naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(
+            f"`{name}` must be a positive float, got {value!r} of type "
+            f"{type(value).__name__}."
+        )
+    if not 0 < value < float("inf"):
+        raise ValueError(f"`{name}` must be a finite float > 0, got {value!r}.")
+    return float(value)
+
+
+def check_bool(value: object, name: str) -> bool:
+    """`value` if it is a bool, else a `TypeError` naming `name`."""
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be a bool, got {value!r}.")
+    return value
+
+
+def check_wrapped_layer(layer: object, allowed: tuple[type, ...], where: str) -> None:
+    """A `TypeError` unless `layer` is an instance of one of `allowed` (the classes
+    `where` can wrap), naming them and what was given."""
+    if isinstance(layer, allowed):
+        return
+    names = ", ".join(f"eqxconv.{cls.__name__}" for cls in allowed)
+    hint = ""
+    if type(layer).__module__.startswith("equinox"):
+        hint = (
+            " An `equinox.nn` convolution has the same weight layout: build the "
+            "eqxconv layer with the same arguments and copy its weight and bias in "
+            "with `eqx.tree_at`."
+        )
+    raise TypeError(
+        f"{where} wraps one of {names} (or their fixed-dimension subclasses), got "
+        f"{type(layer).__module__}.{type(layer).__qualname__}.{hint}"
+    )
