@@ -1,7 +1,7 @@
 """`eqxconv.Conv` against raw `lax.conv_general_dilated` (NCHW and NHWC),
 `equinox.nn.Conv`, `flax.linen.Conv` and `torch.nn.ConvNd`, side by side.
 
-Run: `python benchmarks/conv.py [--quick]`. Prints medians (ms) and ratios to the
+Run: `python -m benchmarks.conv [--quick]`. Prints medians (ms) and ratios to the
 fastest raw-lax layout; forward, forward+backward (gradient of `sum(y * r)` with
 respect to input and weight) and cold compile time. No thresholds: a script, not a
 test.

@@ -4,31 +4,26 @@ Forward, forward+backward (gradients of a scalar loss with respect to the parame
 and the input) and cold compile time, on the cases of issue 4, with every lowering of
 eqxconv's transposed convolution side by side. Run:
 
-    .venv/bin/python benchmarks/conv_transpose.py [--cases 1d,2d,3d] [--repeats 15]
+    .venv/bin/python -m benchmarks.conv_transpose [--cases 1d,2d,3d] [--repeats 15]
 
 Numbers on a shared CPU are noisy: repeat, compare ratios measured in one process.
 """
 
 import argparse
-import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import equinox as eqx
+import jax
+import jax.lax as lax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import equinox as eqx  # noqa: E402
-import jax  # noqa: E402
-import jax.lax as lax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import jax.random as jr  # noqa: E402
-import numpy as np  # noqa: E402
-from _timing import compile_seconds, markdown, median_time, Table  # noqa: E402
-
-import eqxconv  # noqa: E402
-from eqxconv._args import TransposeImpl  # noqa: E402
+import eqxconv
+from benchmarks._timing import compile_seconds, markdown, median_time, Table
+from eqxconv._args import TransposeImpl
 
 
 @dataclass(frozen=True)

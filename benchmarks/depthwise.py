@@ -8,13 +8,11 @@ eqxconv and Equinox are called as users call them: `jax.vmap` over an unbatched 
 or op. Forward, forward+backward (gradient of `sum(y * r)` for a fixed random `r`,
 with respect to input and weight) and cold compile time of the jitted forward+backward.
 
-Run: `python benchmarks/depthwise.py [--repeats N] [--cases main,c64,...] [--shift]`
+Run: `python -m benchmarks.depthwise [--repeats N] [--cases main,c64,...] [--shift]`
 (`--shift` adds a column forcing `impl="shift"`, to see where the heuristic switches).
 """
 
 import argparse
-import os
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -27,11 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-
-sys.path.insert(0, os.path.dirname(__file__))
-from _timing import compile_seconds, markdown, median_time, Table  # noqa: E402
-
-import eqxconv  # noqa: E402
+import eqxconv
+from benchmarks._timing import compile_seconds, markdown, median_time, Table
 
 
 # name: (batch, channels, groups, out_channels, spatial, kernel, stride, padding,

@@ -4,7 +4,7 @@ batch 8 on CPU.
 
 Times the gradient (with respect to the input and, for `conv_local`, the weight) of
 `sum(y ** 2)`, whose backward pass needs the forward, and the cold compile of that
-gradient. Run with `python benchmarks/input_dilation.py` (`--quick`: fewer repeats).
+gradient. Run with `python -m benchmarks.input_dilation` (`--quick`: fewer repeats).
 """
 
 import argparse
@@ -54,8 +54,11 @@ def main() -> None:
                 lambda v: extract_patches(v, ks, stride=ss, input_dilation=rs)
             )(x)
 
-        def lax_patches(x, ks=ks, ss=ss, rs=rs):
-            return lax.conv_general_dilated_patches(x, ks, ss, "VALID", lhs_dilation=rs)
+        def lax_patches(x, ks=ks, ss=ss, rs=rs, n=n):
+            # lax takes no padding string with an input dilation.
+            return lax.conv_general_dilated_patches(
+                x, ks, ss, ((0, 0),) * n, lhs_dilation=rs
+            )
 
         out_spatial = jax.eval_shape(ours_patches, x).shape[2:]
         w = jr.normal(jr.key(1), (OUT_CHANNELS, c * k**n, *out_spatial))

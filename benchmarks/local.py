@@ -6,7 +6,7 @@ Times forward, forward+backward (value and gradients of `sum(y * r)`, for a fixe
 random `r`, with respect to the weight, the bias and the input) and cold compile; peak
 memory is what XLA plans for the jitted forward+backward (arguments + outputs +
 temporaries).
-Run with `python benchmarks/local.py`; the ratios are time / eqxconv's.
+Run with `python -m benchmarks.local`; the ratios are time / eqxconv's.
 """
 
 import argparse

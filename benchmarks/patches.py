@@ -4,7 +4,7 @@ torch `F.unfold`/`F.fold`, batch 8 on CPU.
 Times forward, forward+backward (the gradient of `sum(y * r)` for a fixed random `r`,
 so the backward is real) and cold compile; peak memory is what XLA plans for the
 jitted forward+backward (arguments + outputs + temporaries). Run with
-`python benchmarks/patches.py`; the ratios are time / eqxconv's.
+`python -m benchmarks.patches`; the ratios are time / eqxconv's.
 """
 
 import argparse

@@ -8,23 +8,18 @@ of two losses: the linear `sum(y * r)` for a fixed random `r`, and `sum(y ** 2)`
 whose backward pass depends on the forward. Compile is the cold lowering and
 compilation of the jitted `sum(y ** 2)` forward+backward.
 
-Run: `python benchmarks/stems.py [--repeats N]`.
+Run: `python -m benchmarks.stems [--repeats N]`.
 """
 
 import argparse
-import os
-import sys
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
 
-
-sys.path.insert(0, os.path.dirname(__file__))
-from _timing import compile_seconds, markdown, median_time, Table  # noqa: E402
-
-import eqxconv  # noqa: E402
+import eqxconv
+from benchmarks._timing import compile_seconds, markdown, median_time, Table
 
 
 # name: (batch, in_channels, out_channels, spatial, kernel, stride, padding)
