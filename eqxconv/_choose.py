@@ -16,11 +16,16 @@ from ._geometry import is_non_overlapping
 
 
 # The shift lowering's cost grows with the input channels per group (where XLA's
-# grouped convolution nears a dense one) and it unrolls one slice per product, so its
-# compile time grows with the products per output: beyond these bounds nothing was
-# measured.
+# grouped convolution nears a dense one). It unrolls one slice per product, so its
+# compile time grows with the products per output. And under a loss whose cotangent
+# is the output itself (`sum(y ** 2)`), XLA CPU recomputes the forward inside each
+# kernel tap's weight-gradient pass, a cost quadratic in the taps: up to 25 taps
+# (5x5, or 25 in 1D) the lowering still won under every loss measured, at 49 (7x7)
+# it lost under `sum(y ** 2)` and compiled several times slower, and a whole
+# ConvNeXt-like model gained no step time from it (`docs/benchmarks.md`).
 _MAX_SHIFT_IN_PER_GROUP = 4
 _MAX_SHIFT_PRODUCTS = 49
+_MAX_SHIFT_TAPS = 25
 
 
 def choose_conv_impl(
@@ -33,7 +38,8 @@ def choose_conv_impl(
 ) -> Literal["xla", "shift"]:
     """`'shift'` on CPU for floating-point grouped convolutions with few input
     channels per group (depthwise is 1; any channel multiplier, stride, dilation,
-    padding, 1D/2D/3D) and few products per output element, without input dilation:
+    padding, 1D/2D/3D), few products per output element and few kernel taps, without
+    input dilation:
     XLA's CPU grouped convolution is slow there, forward and backward
     (`benchmarks/depthwise.py`). Otherwise `'xla'`, `lax.conv_general_dilated`: also
     for ungrouped convolutions of few channels (RGB and mono stems), where XLA's dense
@@ -45,7 +51,8 @@ def choose_conv_impl(
     per_group = in_channels // groups
     if per_group > _MAX_SHIFT_IN_PER_GROUP:
         return "xla"
-    if per_group * math.prod(kernel_size) > _MAX_SHIFT_PRODUCTS:
+    taps = math.prod(kernel_size)
+    if per_group * taps > _MAX_SHIFT_PRODUCTS or taps > _MAX_SHIFT_TAPS:
         return "xla"
     return "shift"
 

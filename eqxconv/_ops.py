@@ -182,9 +182,9 @@ def conv(
         small-group convolutions, with custom derivatives whose backward pass is as
         cheap as the forward; not with `input_dilation`) or `'auto'` (default), whose
         rule is in `docs/benchmarks.md`: `'shift'` on CPU for floating-point
-        convolutions with at most 4 input channels per group and at most 49 products
-        per output element, without `input_dilation`; `'xla'` otherwise and on every
-        other backend. All give the same values and support forward- and
+        convolutions with at most 4 input channels per group, at most 49 products
+        per output element and at most 25 kernel taps, without `input_dilation`;
+        `'xla'` otherwise and on every other backend. All give the same values and support forward- and
         reverse-mode derivatives of any order, `jax.vmap` and `jax.jit`.
 
     **Returns:**

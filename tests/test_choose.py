@@ -35,6 +35,14 @@ def test_on_cpu_auto_keeps_its_measured_lowerings(monkeypatch):
     )
     assert _choose.choose_conv_impl(**depthwise, dtype=jnp.float32) == "shift"
     assert _choose.choose_conv_impl(**depthwise, dtype=jnp.complex64) == "xla"
+    # At most 25 kernel taps and 49 products per output.
+    for kernel_size, impl in (((5, 5), "shift"), ((7, 7), "xla"), ((25,), "shift")):
+        args = dict(depthwise, kernel_size=kernel_size, dtype=jnp.float32)
+        assert _choose.choose_conv_impl(**args) == impl, kernel_size
+    four_per_group = dict(depthwise, in_channels=32, dtype=jnp.float32)
+    assert _choose.choose_conv_impl(**four_per_group) == "shift"
+    four_per_group_5x5 = dict(four_per_group, kernel_size=(5, 5))
+    assert _choose.choose_conv_impl(**four_per_group_5x5) == "xla"
     assert _choose.choose_transpose_impl((4, 4), (2, 2), (1, 1)) == "phase"
     assert _choose.choose_transpose_impl((2,), (2,), (5,)) == "interior"
     assert _choose.choose_transpose_impl((4,), (1,), (1,)) == "lhs_dilation"
