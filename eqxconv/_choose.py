@@ -22,31 +22,70 @@ from ._geometry import is_non_overlapping
 _MAX_SHIFT_IN_PER_GROUP = 4
 _MAX_SHIFT_PRODUCTS = 49
 
+# A direct convolution's cost grows with the kernel, an FFT's with the logarithm of
+# the input: at and above this many taps per input position the FFT lowering was
+# the faster, forward and forward+backward, in every measured configuration; for
+# the grouped convolutions the shift lowering leaves to XLA (whose CPU grouped
+# convolution is slow), from this smaller bound.
+_MIN_FFT_TAPS = 100
+_MIN_FFT_TAPS_GROUPED = 30
+
+
+def fft_taps(
+    kernel_size: Sequence[int],
+    padded_shape: Sequence[int],
+    out_shape: Sequence[int],
+) -> float:
+    """Kernel taps a direct convolution spends per position of the padded input
+    (`prod(kernel_size) * prod(out_shape) / prod(padded_shape)`: the kernel size,
+    divided by the stride's product for `'SAME'`): its cost over the FFT's, up to
+    the FFT's logarithmic factor, for every channel count."""
+    padded = math.prod(padded_shape)
+    if padded == 0:
+        return 0.0
+    return math.prod(kernel_size) * math.prod(out_shape) / padded
+
 
 def choose_conv_impl(
     *,
     in_channels: int,
     groups: int,
     kernel_size: Sequence[int],
+    padded_shape: Sequence[int],
+    out_shape: Sequence[int],
     input_dilation: Sequence[int],
     dtype: Any,
-) -> Literal["xla", "shift"]:
-    """`'shift'` on CPU for floating-point grouped convolutions with few input
-    channels per group (depthwise is 1; any channel multiplier, stride, dilation,
-    padding, 1D/2D/3D) and few products per output element, without input dilation:
-    XLA's CPU grouped convolution is slow there, forward and backward
-    (`benchmarks/depthwise.py`). Otherwise `'xla'`, `lax.conv_general_dilated`: also
-    for ungrouped convolutions of few channels (RGB and mono stems), where XLA's dense
-    convolution is the faster, and compiles faster."""
-    if jax.default_backend() != "cpu" or groups == 1:
+) -> Literal["xla", "shift", "fft"]:
+    """On CPU, for real floating-point convolutions without input dilation:
+
+    - `'fft'` for large kernels: at least 100 kernel taps per padded input position
+        ([`fft_taps`][]), any channel count or groups, where the FFT lowering
+        measured faster forward and forward+backward (`benchmarks/fft.py`).
+    - `'shift'` for grouped convolutions with few input channels per group
+        (depthwise is 1; any channel multiplier, stride, dilation, padding,
+        1D/2D/3D) and few products per output element: XLA's CPU grouped
+        convolution is slow there, forward and backward (`benchmarks/depthwise.py`).
+    - `'fft'` for the grouped convolutions of few input channels per group that
+        have too many products for the shift lowering, from 30 taps per padded
+        input position.
+
+    Otherwise `'xla'`, `lax.conv_general_dilated`: also for ungrouped convolutions
+    of few channels (RGB and mono stems), where XLA's dense convolution is the
+    faster, and compiles faster."""
+    if jax.default_backend() != "cpu":
         return "xla"
     if any(d != 1 for d in input_dilation) or not jnp.issubdtype(dtype, jnp.floating):
+        return "xla"
+    if fft_taps(kernel_size, padded_shape, out_shape) >= _MIN_FFT_TAPS:
+        return "fft"
+    if groups == 1:
         return "xla"
     per_group = in_channels // groups
     if per_group > _MAX_SHIFT_IN_PER_GROUP:
         return "xla"
     if per_group * math.prod(kernel_size) > _MAX_SHIFT_PRODUCTS:
-        return "xla"
+        taps = fft_taps(kernel_size, padded_shape, out_shape)
+        return "fft" if taps >= _MIN_FFT_TAPS_GROUPED else "xla"
     return "shift"
 
 

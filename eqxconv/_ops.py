@@ -51,6 +51,7 @@ from ._geometry import (
     resolve_padding,
     transposed_geometry,
 )
+from ._lowering_fft import fft_conv
 from ._lowering_local import local_conv
 from ._lowering_patches import extract_padded, fold_padded
 from ._lowering_shift import shift_conv
@@ -101,10 +102,13 @@ def run_conv(
         for size, d in zip(x.shape[1:], input_dilation, strict=True)
     )
     pairs = resolve_padding(padding, extent, kernel_size, stride, dilation)
-    check_fits(
+    out_shape = check_fits(
         where, x.shape, output_shape, extent, pairs, kernel_size, stride, dilation
     )
     check_mode_input(where, x.shape, pairs, padding_mode)
+    padded_shape = tuple(
+        size + lo + hi for size, (lo, hi) in zip(extent, pairs, strict=True)
+    )
     x, weight = _promote(x, weight)
     if padding_mode != "ZEROS":
         # Every other mode: pad once, then a VALID convolution.
@@ -115,12 +119,27 @@ def run_conv(
             in_channels=x.shape[0],
             groups=groups,
             kernel_size=kernel_size,
+            padded_shape=padded_shape,
+            out_shape=out_shape,
             input_dilation=input_dilation,
             dtype=x.dtype,
         )
     if impl == "shift":
         return shift_conv(
             pad(x, pairs, "ZEROS"),
+            weight,
+            stride=stride,
+            dilation=dilation,
+            groups=groups,
+            preferred_element_type=preferred_element_type,
+        )
+    if impl == "fft":
+        # Zero padding and the input dilation's interleaved zeros in one `lax.pad`.
+        widths = ((0, 0, 0),) + tuple(
+            (lo, hi, d - 1) for (lo, hi), d in zip(pairs, input_dilation, strict=True)
+        )
+        return fft_conv(
+            lax.pad(x, jnp.zeros((), x.dtype), widths),
             weight,
             stride=stride,
             dilation=dilation,
