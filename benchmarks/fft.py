@@ -93,6 +93,7 @@ def run_case(case: Case, repeats: int) -> tuple[dict[str, dict[str, float]], str
     same = (k - 1,) * n  # total 'SAME' padding at stride 1
     picks = _choose.choose_conv_impl(
         in_channels=c_in,
+        out_channels=c_out,
         groups=groups,
         kernel_size=(k,) * n,
         padded_shape=tuple(size + p for size, p in zip(spatial, same, strict=True)),

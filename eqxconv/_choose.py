@@ -29,6 +29,10 @@ _MAX_SHIFT_PRODUCTS = 49
 # convolution is slow), from this smaller bound.
 _MIN_FFT_TAPS = 100
 _MIN_FFT_TAPS_GROUPED = 30
+# The FFT lowering holds the kernel's spectrum, `out_channels * in_channels_per_group`
+# transforms of the padded input's size: beyond this many complex entries `'auto'`
+# does not trade a direct convolution's time for that memory.
+_MAX_FFT_SPECTRUM = 2**26
 
 
 def fft_taps(
@@ -46,9 +50,20 @@ def fft_taps(
     return math.prod(kernel_size) * math.prod(out_shape) / padded
 
 
+def _fft_fits(
+    in_channels: int, out_channels: int, groups: int, padded_shape: Sequence[int]
+) -> bool:
+    """Whether the kernel's real-FFT spectrum has at most `_MAX_FFT_SPECTRUM`
+    entries."""
+    *leading, last = padded_shape
+    bins = math.prod(leading) * (last // 2 + 1)
+    return out_channels * (in_channels // groups) * bins <= _MAX_FFT_SPECTRUM
+
+
 def choose_conv_impl(
     *,
     in_channels: int,
+    out_channels: int,
     groups: int,
     kernel_size: Sequence[int],
     padded_shape: Sequence[int],
@@ -59,7 +74,7 @@ def choose_conv_impl(
     """On CPU, for real floating-point convolutions without input dilation:
 
     - `'fft'` for large kernels: at least 100 kernel taps per padded input position
-        ([`fft_taps`][]), any channel count or groups, where the FFT lowering
+        (`fft_taps`), any channel count or groups, where the FFT lowering
         measured faster forward and forward+backward (`benchmarks/fft.py`).
     - `'shift'` for grouped convolutions with few input channels per group
         (depthwise is 1; any channel multiplier, stride, dilation, padding,
@@ -69,6 +84,10 @@ def choose_conv_impl(
         have too many products for the shift lowering, from 30 taps per padded
         input position.
 
+    `'fft'` only where the kernel's spectrum (`out_channels * in_channels // groups`
+    transforms of the padded input) has at most `2**26` complex entries: it is held
+    in memory, which a direct convolution does not need.
+
     Otherwise `'xla'`, `lax.conv_general_dilated`: also for ungrouped convolutions
     of few channels (RGB and mono stems), where XLA's dense convolution is the
     faster, and compiles faster."""
@@ -76,7 +95,9 @@ def choose_conv_impl(
         return "xla"
     if any(d != 1 for d in input_dilation) or not jnp.issubdtype(dtype, jnp.floating):
         return "xla"
-    if fft_taps(kernel_size, padded_shape, out_shape) >= _MIN_FFT_TAPS:
+    fits = _fft_fits(in_channels, out_channels, groups, padded_shape)
+    taps = fft_taps(kernel_size, padded_shape, out_shape)
+    if fits and taps >= _MIN_FFT_TAPS:
         return "fft"
     if groups == 1:
         return "xla"
@@ -84,8 +105,7 @@ def choose_conv_impl(
     if per_group > _MAX_SHIFT_IN_PER_GROUP:
         return "xla"
     if per_group * math.prod(kernel_size) > _MAX_SHIFT_PRODUCTS:
-        taps = fft_taps(kernel_size, padded_shape, out_shape)
-        return "fft" if taps >= _MIN_FFT_TAPS_GROUPED else "xla"
+        return "fft" if fits and taps >= _MIN_FFT_TAPS_GROUPED else "xla"
     return "shift"
 
 

@@ -117,6 +117,7 @@ def run_conv(
     if impl == "auto":
         impl = choose_conv_impl(
             in_channels=x.shape[0],
+            out_channels=weight.shape[0],
             groups=groups,
             kernel_size=kernel_size,
             padded_shape=padded_shape,
@@ -201,11 +202,21 @@ def conv(
     - `impl`: how the convolution is computed: `'xla'` (`lax.conv_general_dilated`),
         `'shift'` (a shift-and-multiply-add over the kernel taps, for depthwise and
         small-group convolutions, with custom derivatives whose backward pass is as
-        cheap as the forward; not with `input_dilation`) or `'auto'` (default), whose
-        rule is in `docs/benchmarks.md`: `'shift'` on CPU for floating-point
-        convolutions with at most 4 input channels per group and at most 49 products
-        per output element, without `input_dilation`; `'xla'` otherwise and on every
-        other backend. All give the same values and support forward- and
+        cheap as the forward; not with `input_dilation`), `'fft'` (through FFTs of
+        the padded input's size, whose cost does not grow with the kernel: for large
+        kernels; equal to `'xla'` up to FFT rounding, which is relative to the
+        output's scale rather than to each entry; half-precision inputs are computed
+        in `float32`; `precision` has no effect) or `'auto'` (default), whose rule is
+        in `docs/benchmarks.md`. On CPU, for real floating-point convolutions
+        without `input_dilation`, `'auto'` takes `'fft'` from 100 kernel taps per
+        padded input position (`prod(kernel_size) * prod(out_spatial) /
+        prod(padded_spatial)`, about the kernel size over the stride's product);
+        `'shift'` for at most 4 input channels per group and at most 49 products per
+        output element; `'fft'` again for such grouped convolutions beyond 49
+        products from 30 taps per position; `'xla'` otherwise and on every other
+        backend; `'fft'` only where the kernel's spectrum (`out_channels *
+        in_channels // groups` transforms of the padded input, held in memory) has
+        at most `2**26` entries. All give the same values and support forward- and
         reverse-mode derivatives of any order, `jax.vmap` and `jax.jit`.
 
     **Returns:**

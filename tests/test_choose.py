@@ -20,6 +20,7 @@ def _uses_lax_conv(f, *args) -> bool:
 # position.
 LONG_1D: dict[str, Any] = dict(
     in_channels=16,
+    out_channels=16,
     groups=1,
     kernel_size=(255,),
     padded_shape=(4096 + 254,),
@@ -33,6 +34,7 @@ def test_off_cpu_auto_is_lax(monkeypatch, backend):
     monkeypatch.setattr(_choose.jax, "default_backend", lambda: backend)
     depthwise: dict[str, Any] = dict(
         in_channels=8,
+        out_channels=8,
         groups=8,
         kernel_size=(3, 3),
         padded_shape=(18, 18),
@@ -50,6 +52,7 @@ def test_on_cpu_auto_keeps_its_measured_lowerings(monkeypatch):
     monkeypatch.setattr(_choose.jax, "default_backend", lambda: "cpu")
     depthwise: dict[str, Any] = dict(
         in_channels=8,
+        out_channels=8,
         groups=8,
         kernel_size=(3, 3),
         padded_shape=(18, 18),
@@ -87,9 +90,19 @@ def test_on_cpu_auto_takes_fft_for_large_kernels(monkeypatch):
     assert choose(**strided, dtype=jnp.float32) == "xla"
     valid = dict(LONG_1D, padded_shape=(300,), out_shape=(46,))
     assert choose(**valid, dtype=jnp.float32) == "xla"
+    # Nor where the kernel's spectrum would be large: 256 -> 256 channels at 65536.
+    wide = dict(LONG_1D, in_channels=256, out_channels=256)
+    wide.update(padded_shape=(65536 + 254,), out_shape=(65536,))
+    assert choose(**wide, dtype=jnp.float32) == "xla"
+    narrow = dict(wide, in_channels=16, out_channels=16)
+    assert choose(**narrow, dtype=jnp.float32) == "fft"
     # 2D: a 15x15 kernel over 64x64 'SAME' (172 taps per position); 7x7 is not.
     image: dict[str, Any] = dict(
-        in_channels=8, groups=1, padded_shape=(78, 78), out_shape=(64, 64)
+        in_channels=8,
+        out_channels=8,
+        groups=1,
+        padded_shape=(78, 78),
+        out_shape=(64, 64),
     )
     image["input_dilation"] = (1, 1)
     assert choose(**image, kernel_size=(15, 15), dtype=jnp.float32) == "fft"
@@ -103,7 +116,11 @@ def test_on_cpu_grouped_beyond_shift_takes_fft(monkeypatch):
     shift lowering keeps them."""
     monkeypatch.setattr(_choose.jax, "default_backend", lambda: "cpu")
     depthwise: dict[str, Any] = dict(
-        in_channels=64, groups=64, input_dilation=(1,), out_shape=(4096,)
+        in_channels=64,
+        out_channels=64,
+        groups=64,
+        input_dilation=(1,),
+        out_shape=(4096,),
     )
     choose = _choose.choose_conv_impl
     for k, expected in ((31, "shift"), (63, "fft"), (255, "fft")):
@@ -119,7 +136,9 @@ def test_on_cpu_grouped_beyond_shift_takes_fft(monkeypatch):
         == "xla"
     )
     # A 9x9 depthwise kernel on a 9x9 input: one output, one tap per position.
-    small: dict[str, Any] = dict(in_channels=8, groups=8, input_dilation=(1, 1))
+    small: dict[str, Any] = dict(
+        in_channels=8, out_channels=8, groups=8, input_dilation=(1, 1)
+    )
     small.update(kernel_size=(9, 9), padded_shape=(9, 9), out_shape=(1, 1))
     assert choose(**small, dtype=jnp.float32) == "xla"
 
