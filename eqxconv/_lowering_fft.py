@@ -18,7 +18,8 @@ correlation.
 
 Real inputs use `rfftn`/`irfftn`, complex ones `fftn`/`ifftn`. Half-precision inputs
 are computed in `float32`. `precision` does not apply: FFTs have no reduced-precision
-mode to select.
+mode to select, and the channel contraction between them always runs at full
+precision.
 
 The result is linear in the input and in the weight, and JAX's derivatives of FFTs
 are FFTs, so reverse- and forward-mode autodiff of this graph is already an FFT
@@ -111,7 +112,9 @@ def fft_conv(
         # Nothing to contract: an elementwise product, not a batched dot.
         fy = fx * fw[:, :, 0]
     else:
-        fy = jnp.einsum("gi...,goi...->go...", fx, fw)
+        # Full precision whatever the backend's default for matmuls (TPUs default to
+        # bfloat16 passes): `precision` has no meaning for the FFTs around it.
+        fy = jnp.einsum("gi...,goi...->go...", fx, fw, precision=lax.Precision.HIGHEST)
     if real:
         y = jnp.fft.irfftn(fy, s=sizes, axes=axes)
     else:
