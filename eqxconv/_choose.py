@@ -27,33 +27,92 @@ _MAX_SHIFT_IN_PER_GROUP = 4
 _MAX_SHIFT_PRODUCTS = 49
 _MAX_SHIFT_TAPS = 25
 
+# A direct convolution's cost grows with the kernel, an FFT's with the logarithm of
+# the input: at and above this many taps per input position the FFT lowering was
+# the faster, forward and forward+backward, in every measured configuration; for
+# the grouped convolutions the shift lowering leaves to XLA (whose CPU grouped
+# convolution is slow), from this smaller bound.
+_MIN_FFT_TAPS = 100
+_MIN_FFT_TAPS_GROUPED = 30
+# The FFT lowering holds the kernel's spectrum, `out_channels * in_channels_per_group`
+# transforms of the padded input's size: beyond this many complex entries `'auto'`
+# does not trade a direct convolution's time for that memory.
+_MAX_FFT_SPECTRUM = 2**26
+
+
+def fft_taps(
+    kernel_size: Sequence[int],
+    padded_shape: Sequence[int],
+    out_shape: Sequence[int],
+) -> float:
+    """Kernel taps a direct convolution spends per position of the padded input
+    (`prod(kernel_size) * prod(out_shape) / prod(padded_shape)`: the kernel size,
+    divided by the stride's product for `'SAME'`): its cost over the FFT's, up to
+    the FFT's logarithmic factor, for every channel count."""
+    padded = math.prod(padded_shape)
+    if padded == 0:
+        return 0.0
+    return math.prod(kernel_size) * math.prod(out_shape) / padded
+
+
+def _fft_fits(
+    in_channels: int, out_channels: int, groups: int, padded_shape: Sequence[int]
+) -> bool:
+    """Whether the kernel's real-FFT spectrum has at most `_MAX_FFT_SPECTRUM`
+    entries."""
+    *leading, last = padded_shape
+    bins = math.prod(leading) * (last // 2 + 1)
+    return out_channels * (in_channels // groups) * bins <= _MAX_FFT_SPECTRUM
+
 
 def choose_conv_impl(
     *,
     in_channels: int,
+    out_channels: int,
     groups: int,
     kernel_size: Sequence[int],
+    padded_shape: Sequence[int],
+    out_shape: Sequence[int],
     input_dilation: Sequence[int],
     dtype: Any,
-) -> Literal["xla", "shift"]:
-    """`'shift'` on CPU for floating-point grouped convolutions with few input
-    channels per group (depthwise is 1; any channel multiplier, stride, dilation,
-    padding, 1D/2D/3D), few products per output element and few kernel taps, without
-    input dilation:
-    XLA's CPU grouped convolution is slow there, forward and backward
-    (`benchmarks/depthwise.py`). Otherwise `'xla'`, `lax.conv_general_dilated`: also
-    for ungrouped convolutions of few channels (RGB and mono stems), where XLA's dense
-    convolution is the faster, and compiles faster."""
-    if jax.default_backend() != "cpu" or groups == 1:
+) -> Literal["xla", "shift", "fft"]:
+    """On CPU, for real floating-point convolutions without input dilation:
+
+    - `'fft'` for large kernels: at least 100 kernel taps per padded input position
+        (`fft_taps`), any channel count or groups, where the FFT lowering
+        measured faster forward and forward+backward (`benchmarks/fft.py`).
+    - `'shift'` for grouped convolutions with few input channels per group
+        (depthwise is 1; any channel multiplier, stride, dilation, padding,
+        1D/2D/3D), few products per output element and few kernel taps: XLA's
+        CPU grouped convolution is slow there, forward and backward
+        (`benchmarks/depthwise.py`).
+    - `'fft'` for the grouped convolutions of few input channels per group that
+        have too many products or taps for the shift lowering, from 30 taps per
+        padded input position.
+
+    `'fft'` only where the kernel's spectrum (`out_channels * in_channels // groups`
+    transforms of the padded input) has at most `2**26` complex entries: it is held
+    in memory, which a direct convolution does not need.
+
+    Otherwise `'xla'`, `lax.conv_general_dilated`: also for ungrouped convolutions
+    of few channels (RGB and mono stems), where XLA's dense convolution is the
+    faster, and compiles faster."""
+    if jax.default_backend() != "cpu":
         return "xla"
     if any(d != 1 for d in input_dilation) or not jnp.issubdtype(dtype, jnp.floating):
+        return "xla"
+    fits = _fft_fits(in_channels, out_channels, groups, padded_shape)
+    taps = fft_taps(kernel_size, padded_shape, out_shape)
+    if fits and taps >= _MIN_FFT_TAPS:
+        return "fft"
+    if groups == 1:
         return "xla"
     per_group = in_channels // groups
     if per_group > _MAX_SHIFT_IN_PER_GROUP:
         return "xla"
-    taps = math.prod(kernel_size)
-    if per_group * taps > _MAX_SHIFT_PRODUCTS or taps > _MAX_SHIFT_TAPS:
-        return "xla"
+    kernel_taps = math.prod(kernel_size)
+    if per_group * kernel_taps > _MAX_SHIFT_PRODUCTS or kernel_taps > _MAX_SHIFT_TAPS:
+        return "fft" if fits and taps >= _MIN_FFT_TAPS_GROUPED else "xla"
     return "shift"
 
 

@@ -70,7 +70,9 @@ class Conv(WeightedLayer):
             `eqx.partition(model, eqx.is_inexact_array)` does not train it.
         - `precision`, `preferred_element_type`: passed to `lax`.
         - `impl`: how the convolution is computed, as for [`eqxconv.conv`][]:
-            `'auto'` (default), `'xla'` or `'shift'`; all give the same values.
+            `'auto'` (default), `'xla'`, `'shift'` or `'fft'` (through FFTs, for
+            large kernels: equal up to FFT rounding relative to the output's scale;
+            `precision` has no effect there); all give the same values.
         """
         arguments = layer_arguments(locals())
         self.impl = check_choice(arguments.pop("impl"), "impl", CONV_IMPLS)

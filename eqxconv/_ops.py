@@ -51,6 +51,7 @@ from ._geometry import (
     resolve_padding,
     transposed_geometry,
 )
+from ._lowering_fft import fft_conv
 from ._lowering_local import local_conv
 from ._lowering_patches import extract_padded, fold_padded
 from ._lowering_shift import shift_conv
@@ -98,10 +99,13 @@ def run_conv(
     kernel_size = weight.shape[2:]
     extent = dilated_shape(x.shape[1:], input_dilation)
     pairs = resolve_padding(padding, extent, kernel_size, stride, dilation)
-    check_fits(
+    out_shape = check_fits(
         where, x.shape, output_shape, extent, pairs, kernel_size, stride, dilation
     )
     check_mode_input(where, x.shape, pairs, padding_mode)
+    padded_shape = tuple(
+        size + lo + hi for size, (lo, hi) in zip(extent, pairs, strict=True)
+    )
     x, weight = _promote(x, weight)
     if padding_mode != "ZEROS":
         # Every other mode: pad once, then a VALID convolution.
@@ -110,14 +114,30 @@ def run_conv(
     if impl == "auto":
         impl = choose_conv_impl(
             in_channels=x.shape[0],
+            out_channels=weight.shape[0],
             groups=groups,
             kernel_size=kernel_size,
+            padded_shape=padded_shape,
+            out_shape=out_shape,
             input_dilation=input_dilation,
             dtype=x.dtype,
         )
     if impl == "shift":
         return shift_conv(
             pad(x, pairs, "ZEROS"),
+            weight,
+            stride=stride,
+            dilation=dilation,
+            groups=groups,
+            preferred_element_type=preferred_element_type,
+        )
+    if impl == "fft":
+        # Zero padding and the input dilation's interleaved zeros in one `lax.pad`.
+        widths = ((0, 0, 0),) + tuple(
+            (lo, hi, d - 1) for (lo, hi), d in zip(pairs, input_dilation, strict=True)
+        )
+        return fft_conv(
+            lax.pad(x, jnp.zeros((), x.dtype), widths),
             weight,
             stride=stride,
             dilation=dilation,
@@ -180,12 +200,23 @@ def conv(
     - `impl`: how the convolution is computed: `'xla'` (`lax.conv_general_dilated`),
         `'shift'` (a shift-and-multiply-add over the kernel taps, for depthwise and
         small-group convolutions, with custom derivatives whose backward pass is as
-        cheap as the forward; not with `input_dilation`) or `'auto'` (default), whose
-        rule is in `docs/benchmarks.md`: `'shift'` on CPU for floating-point
-        convolutions with at most 4 input channels per group, at most 49 products
-        per output element and at most 25 kernel taps, without `input_dilation`;
-        `'xla'` otherwise and on every other backend. All give the same values and support forward- and
-        reverse-mode derivatives of any order, `jax.vmap` and `jax.jit`.
+        cheap as the forward; not with `input_dilation`), `'fft'` (through FFTs of
+        the padded input's size, whose cost does not grow with the kernel: for large
+        kernels; equal to `'xla'` up to FFT rounding, which is relative to the
+        output's scale rather than to each entry; half-precision inputs are computed
+        in `float32`; `precision` has no effect) or `'auto'` (default), whose rule is
+        in `docs/benchmarks.md`. On CPU, for real floating-point convolutions
+        without `input_dilation`, `'auto'` takes `'fft'` from 100 kernel taps per
+        padded input position (`prod(kernel_size) * prod(out_spatial) /
+        prod(padded_spatial)`, about the kernel size over the stride's product);
+        `'shift'` for at most 4 input channels per group, at most 49 products per
+        output element and at most 25 kernel taps; `'fft'` again for such grouped
+        convolutions beyond those bounds from 30 taps per position; `'xla'`
+        otherwise and on every other backend; `'fft'` only where the kernel's
+        spectrum (`out_channels * in_channels // groups` transforms of the padded
+        input, held in memory) has at most `2**26` entries. All give the same
+        values and support forward- and reverse-mode derivatives of any order,
+        `jax.vmap` and `jax.jit`.
 
     **Returns:**
 

@@ -16,13 +16,33 @@ def _uses_lax_conv(f, *args) -> bool:
     return "conv_general_dilated" in str(jax.make_jaxpr(f)(*args))
 
 
+# A dense 1D convolution with a long kernel ('SAME', stride 1): 255 taps per input
+# position.
+LONG_1D: dict[str, Any] = dict(
+    in_channels=16,
+    out_channels=16,
+    groups=1,
+    kernel_size=(255,),
+    padded_shape=(4096 + 254,),
+    out_shape=(4096,),
+    input_dilation=(1,),
+)
+
+
 @pytest.mark.parametrize("backend", ["gpu", "tpu"])
 def test_off_cpu_auto_is_lax(monkeypatch, backend):
     monkeypatch.setattr(_choose.jax, "default_backend", lambda: backend)
     depthwise: dict[str, Any] = dict(
-        in_channels=8, groups=8, kernel_size=(3, 3), input_dilation=(1, 1)
+        in_channels=8,
+        out_channels=8,
+        groups=8,
+        kernel_size=(3, 3),
+        padded_shape=(18, 18),
+        out_shape=(16, 16),
+        input_dilation=(1, 1),
     )
     assert _choose.choose_conv_impl(**depthwise, dtype=jnp.float32) == "xla"
+    assert _choose.choose_conv_impl(**LONG_1D, dtype=jnp.float32) == "xla"
     assert _choose.choose_transpose_impl((4, 4), (2, 2), (1, 1)) == "lhs_dilation"
     # Patches are data movement on every backend.
     assert _choose.choose_patches_impl((16, 16), (16, 16), (1, 1)) == "reshape"
@@ -31,17 +51,31 @@ def test_off_cpu_auto_is_lax(monkeypatch, backend):
 def test_on_cpu_auto_keeps_its_measured_lowerings(monkeypatch):
     monkeypatch.setattr(_choose.jax, "default_backend", lambda: "cpu")
     depthwise: dict[str, Any] = dict(
-        in_channels=8, groups=8, kernel_size=(3, 3), input_dilation=(1, 1)
+        in_channels=8,
+        out_channels=8,
+        groups=8,
+        kernel_size=(3, 3),
+        padded_shape=(18, 18),
+        out_shape=(16, 16),
+        input_dilation=(1, 1),
     )
     assert _choose.choose_conv_impl(**depthwise, dtype=jnp.float32) == "shift"
     assert _choose.choose_conv_impl(**depthwise, dtype=jnp.complex64) == "xla"
-    # At most 25 kernel taps and 49 products per output.
-    for kernel_size, impl in (((5, 5), "shift"), ((7, 7), "xla"), ((25,), "shift")):
-        args = dict(depthwise, kernel_size=kernel_size, dtype=jnp.float32)
-        assert _choose.choose_conv_impl(**args) == impl, kernel_size
+    # The shift lowering takes at most 25 kernel taps and 49 products per output;
+    # beyond, grouped convolutions take the FFT from 30 taps per input position.
+    for kernel_size, padded, out, impl in (
+        ((5, 5), (20, 20), (16, 16), "shift"),
+        ((7, 7), (22, 22), (16, 16), "xla"),  # 26 taps per position
+        ((7, 7), (70, 70), (64, 64), "fft"),  # 41 taps per position
+        ((25,), (280,), (256,), "shift"),
+    ):
+        args = dict(
+            depthwise, kernel_size=kernel_size, padded_shape=padded, out_shape=out
+        )
+        assert _choose.choose_conv_impl(**args, dtype=jnp.float32) == impl, args
     four_per_group = dict(depthwise, in_channels=32, dtype=jnp.float32)
     assert _choose.choose_conv_impl(**four_per_group) == "shift"
-    four_per_group_5x5 = dict(four_per_group, kernel_size=(5, 5))
+    four_per_group_5x5 = dict(four_per_group, kernel_size=(5, 5), padded_shape=(20, 20))
     assert _choose.choose_conv_impl(**four_per_group_5x5) == "xla"
     assert _choose.choose_transpose_impl((4, 4), (2, 2), (1, 1)) == "phase"
     assert _choose.choose_transpose_impl((2,), (2,), (5,)) == "interior"
@@ -55,3 +89,83 @@ def test_rgb_and_mono_stems_take_xla(getkey):
         x = jr.normal(getkey(), (channels, *(12,) * n))
         w = jr.normal(getkey(), (16, channels, *(3,) * n))
         assert _uses_lax_conv(lambda x, w=w: eqxconv.conv(x, w, padding=1), x)
+
+
+def test_on_cpu_auto_takes_fft_for_large_kernels(monkeypatch):
+    monkeypatch.setattr(_choose.jax, "default_backend", lambda: "cpu")
+    choose = _choose.choose_conv_impl
+    assert choose(**LONG_1D, dtype=jnp.float32) == "fft"
+    assert choose(**LONG_1D, dtype=jnp.bfloat16) == "fft"
+    # Not measured: complex dtypes and input dilation.
+    assert choose(**LONG_1D, dtype=jnp.complex64) == "xla"
+    assert choose(**{**LONG_1D, "input_dilation": (2,)}, dtype=jnp.float32) == "xla"
+    # Below 100 taps per position: a 63-tap kernel, or 255 taps at stride 4, or a
+    # large kernel over an input it barely exceeds (few outputs).
+    assert choose(**{**LONG_1D, "kernel_size": (63,)}, dtype=jnp.float32) == "xla"
+    strided = {**LONG_1D, "out_shape": (1024,)}
+    assert choose(**strided, dtype=jnp.float32) == "xla"
+    valid = dict(LONG_1D, padded_shape=(300,), out_shape=(46,))
+    assert choose(**valid, dtype=jnp.float32) == "xla"
+    # Nor where the kernel's spectrum would be large: 256 -> 256 channels at 65536.
+    wide = dict(LONG_1D, in_channels=256, out_channels=256)
+    wide.update(padded_shape=(65536 + 254,), out_shape=(65536,))
+    assert choose(**wide, dtype=jnp.float32) == "xla"
+    narrow = dict(wide, in_channels=16, out_channels=16)
+    assert choose(**narrow, dtype=jnp.float32) == "fft"
+    # 2D: a 15x15 kernel over 64x64 'SAME' (172 taps per position); 7x7 is not.
+    image: dict[str, Any] = dict(
+        in_channels=8,
+        out_channels=8,
+        groups=1,
+        padded_shape=(78, 78),
+        out_shape=(64, 64),
+    )
+    image["input_dilation"] = (1, 1)
+    assert choose(**image, kernel_size=(15, 15), dtype=jnp.float32) == "fft"
+    image["padded_shape"] = (70, 70)
+    assert choose(**image, kernel_size=(7, 7), dtype=jnp.float32) == "xla"
+
+
+def test_on_cpu_grouped_beyond_shift_takes_fft(monkeypatch):
+    """Depthwise kernels too large for the shift lowering leave XLA's slow grouped
+    convolution for the FFT from 30 taps per position; within the shift's bounds the
+    shift lowering keeps them."""
+    monkeypatch.setattr(_choose.jax, "default_backend", lambda: "cpu")
+    depthwise: dict[str, Any] = dict(
+        in_channels=64,
+        out_channels=64,
+        groups=64,
+        input_dilation=(1,),
+        out_shape=(4096,),
+    )
+    choose = _choose.choose_conv_impl
+    # k31: shift's forward was the faster, but under sum(y ** 2) its backward ran
+    # 100x slower than the FFT's (more than 25 taps); see docs/benchmarks.md.
+    for k, expected in ((25, "shift"), (31, "fft"), (63, "fft"), (255, "fft")):
+        shape = (4096 + k - 1,)
+        impl = choose(
+            **depthwise, kernel_size=(k,), padded_shape=shape, dtype=jnp.float32
+        )
+        assert impl == expected
+    # Beyond the shift's 4 input channels per group, the dense bound.
+    grouped = dict(depthwise, in_channels=64, groups=8)
+    assert (
+        choose(**grouped, kernel_size=(63,), padded_shape=(4158,), dtype=jnp.float32)
+        == "xla"
+    )
+    # A 9x9 depthwise kernel on a 9x9 input: one output, one tap per position.
+    small: dict[str, Any] = dict(
+        in_channels=8, out_channels=8, groups=8, input_dilation=(1, 1)
+    )
+    small.update(kernel_size=(9, 9), padded_shape=(9, 9), out_shape=(1, 1))
+    assert choose(**small, dtype=jnp.float32) == "xla"
+
+
+def test_auto_lowers_long_kernels_through_ffts(monkeypatch, getkey):
+    monkeypatch.setattr(_choose.jax, "default_backend", lambda: "cpu")
+    x = jr.normal(getkey(), (2, 512))
+    w = jr.normal(getkey(), (3, 2, 129))
+    jaxpr = str(jax.make_jaxpr(lambda x: eqxconv.conv(x, w, padding="SAME"))(x))
+    assert "fft" in jaxpr and "conv_general_dilated" not in jaxpr
+    short = w[..., :33]
+    assert _uses_lax_conv(lambda x: eqxconv.conv(x, short, padding="SAME"), x)
