@@ -24,8 +24,9 @@ import jax.random as jr
 
 import eqxconv
 from benchmarks._timing import compile_seconds, markdown, median_time, Table
-from eqxconv._args import CONV_IMPLS, TRANSPOSE_IMPLS
+from eqxconv._args import CONV_IMPLS, normalise_padding, TRANSPOSE_IMPLS
 from eqxconv._choose import choose_conv_impl, choose_transpose_impl
+from eqxconv._geometry import output_shape, resolve_padding
 
 
 @dataclass(frozen=True)
@@ -154,19 +155,28 @@ def _impls(row: Row) -> list[str]:
         return [impl for impl in TRANSPOSE_IMPLS if impl != "auto"]
     impls = [impl for impl in CONV_IMPLS if impl not in ("auto", "shift")]
     products = (row.in_channels // row.groups) * row.kernel ** len(row.spatial)
-    if products <= 4 * 49:
+    if products <= 49:
         impls.append("shift")
     return impls
 
 
 def _choice(row: Row) -> str:
     n = len(row.spatial)
+    kernel, stride, dilation = (row.kernel,) * n, (row.stride,) * n, (row.dilation,) * n
     if row.transpose:
-        return choose_transpose_impl((row.kernel,) * n, (row.stride,) * n, (1,) * n)
+        return choose_transpose_impl(kernel, stride, dilation)
+    padding, _ = normalise_padding(row.padding, "ZEROS", n)
+    pairs = resolve_padding(padding, row.spatial, kernel, stride, dilation)
+    padded = tuple(
+        size + low + high for size, (low, high) in zip(row.spatial, pairs, strict=True)
+    )
     return choose_conv_impl(
         in_channels=row.in_channels,
+        out_channels=row.out_channels,
         groups=row.groups,
-        kernel_size=(row.kernel,) * n,
+        kernel_size=kernel,
+        padded_shape=padded,
+        out_shape=output_shape(row.spatial, padding, kernel, stride, dilation),
         input_dilation=(1,) * n,
         dtype=jnp.float32,
     )
