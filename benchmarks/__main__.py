@@ -26,9 +26,10 @@ SCRIPTS = (
     "patches",
     "local",
     "input_dilation",
+    "fft",
 )
 # The scripts that take `--quick`.
-QUICK = {"models", "auto", "conv", "input_dilation"}
+QUICK = {"models", "auto", "conv", "input_dilation", "fft"}
 
 
 def main() -> None:
