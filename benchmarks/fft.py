@@ -10,7 +10,7 @@ loss `sum(y ** 2)`. Medians of `--repeats` calls after one warmup; a call that t
 over a second is timed once. First call is the trace + compile (+ one run) of the jitted
 forward+backward. Each row names what `impl='auto'` picks for it.
 
-Run: `python benchmarks/fft.py [--quick | --large] [--repeats N]`: `--quick` takes
+Run: `python -m benchmarks.fft [--quick | --large] [--repeats N]`: `--quick` takes
 four rows, `--large` adds the two slowest (1D k=2048 at L=16384, 2D k=63 at 128^2).
 The issue's ranges (1D L up to 65536, 2D up to 256^2) are trimmed to what runs in
 minutes on two shared cores.
@@ -18,7 +18,6 @@ minutes on two shared cores.
 
 import argparse
 import os
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -30,12 +29,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-
-sys.path.insert(0, os.path.dirname(__file__))
-from _timing import markdown, median_time, Table  # noqa: E402
-
-import eqxconv  # noqa: E402
-from eqxconv import _choose  # noqa: E402
+import eqxconv
+from benchmarks._timing import markdown, median_time, Table
+from eqxconv import _choose
 
 
 # name: (batch, in_channels, out_channels, groups, spatial, kernel)
