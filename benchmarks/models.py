@@ -207,7 +207,7 @@ def _first_call_seconds(model: Model, x, target, repeats: int) -> float:
     times = []
     for _ in range(repeats):
         jax.clear_caches()
-        step = eqx.filter_jit(eqx.filter_value_and_grad(_mse))
+        step: Any = eqx.filter_jit(eqx.filter_value_and_grad(_mse))
         start = time.perf_counter()
         step.lower(model, x, target).compile()
         times.append(time.perf_counter() - start)

@@ -4,6 +4,7 @@
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import equinox as eqx
 import flax.linen as fnn
@@ -76,7 +77,7 @@ def test_conv_matches_flax(case, getkey):
     n = len(case.spatial)
     x = jr.normal(getkey(), (IN_CHANNELS, *case.spatial))
     flax_layer = _flax_layer(case, local=False)
-    params = flax_layer.init(getkey(), _channels_last(x))["params"]
+    params: Any = flax_layer.init(getkey(), _channels_last(x))["params"]
     expected = flax_layer.apply({"params": params}, _channels_last(x))[0]
     layer = eqxconv.Conv(
         n,
@@ -92,6 +93,7 @@ def test_conv_matches_flax(case, getkey):
     )
     # Flax's kernel is (*kernel_size, in // groups, out).
     weight = jnp.moveaxis(params["kernel"], (-1, -2), (0, 1))
+    assert layer.bias is not None
     bias = jnp.reshape(params["bias"], layer.bias.shape)
     layer = _with_parameters(layer, weight, bias)
     out = layer(x)
@@ -108,7 +110,7 @@ def test_conv_local_matches_flax(case, getkey):
     n = len(case.spatial)
     x = jr.normal(getkey(), (IN_CHANNELS, *case.spatial))
     flax_layer = _flax_layer(case, local=True)
-    params = flax_layer.init(getkey(), _channels_last(x))["params"]
+    params: Any = flax_layer.init(getkey(), _channels_last(x))["params"]
     expected = flax_layer.apply({"params": params}, _channels_last(x))[0]
     layer = eqxconv.ConvLocal(
         n,
@@ -141,7 +143,7 @@ def test_conv_transpose_is_adjoint_of_flax_conv(case, getkey):
     n = len(case.spatial)
     flax_layer = _flax_layer(case, local=False).copy(use_bias=False)
     x = jr.normal(getkey(), (IN_CHANNELS, *case.spatial))
-    params = flax_layer.init(getkey(), _channels_last(x))["params"]
+    params: Any = flax_layer.init(getkey(), _channels_last(x))["params"]
     y_shape = jax.eval_shape(
         lambda v: flax_layer.apply({"params": params}, _channels_last(v)), x
     ).shape

@@ -5,6 +5,7 @@
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import equinox as eqx
 import flax.linen as fnn
@@ -23,7 +24,7 @@ class DilatedCase:
     spatial: tuple[int, ...]
     kernel_size: tuple[int, ...]
     stride: tuple[int, ...]
-    padding: object
+    padding: Any
     dilation: tuple[int, ...]
     input_dilation: tuple[int, ...]
 
@@ -47,11 +48,11 @@ CASES = [
 IN_CHANNELS, OUT_CHANNELS = 3, 4
 
 
-def _lax_padding(case: DilatedCase):
+def _lax_padding(case: DilatedCase) -> tuple[tuple[int, int], ...]:
     """Explicit pairs, as `lax` takes no padding string with `lhs_dilation`: its own
     `padtype_to_pads` on the dilated input's extent."""
     if not isinstance(case.padding, str):
-        return tuple(tuple(pair) for pair in case.padding)
+        return tuple((int(lo), int(hi)) for lo, hi in case.padding)
     extent = [
         (n - 1) * r + 1 for n, r in zip(case.spatial, case.input_dilation, strict=True)
     ]
@@ -59,7 +60,7 @@ def _lax_padding(case: DilatedCase):
         (k - 1) * d + 1 for k, d in zip(case.kernel_size, case.dilation, strict=True)
     ]
     pairs = lax.padtype_to_pads(extent, window, case.stride, case.padding)
-    return tuple(tuple(pair) for pair in pairs)
+    return tuple((int(lo), int(hi)) for lo, hi in pairs)
 
 
 def _dimension_numbers(n):
@@ -218,7 +219,7 @@ def test_conv_local_matches_flax_input_dilation(getkey):
         precision=lax.Precision.HIGHEST,
     )
     x_flax = jnp.moveaxis(x, 0, -1)[None]
-    params = flax_layer.init(getkey(), x_flax)["params"]
+    params: Any = flax_layer.init(getkey(), x_flax)["params"]
     expected = jnp.moveaxis(flax_layer.apply({"params": params}, x_flax)[0], -1, 0)
     layer = eqxconv.ConvLocal2d(
         IN_CHANNELS,
