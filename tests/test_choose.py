@@ -11,9 +11,7 @@ import pytest
 import eqxconv
 from eqxconv import _choose
 
-
-def _uses_lax_conv(f, *args) -> bool:
-    return "conv_general_dilated" in str(jax.make_jaxpr(f)(*args))
+from .helpers import uses_lax_conv
 
 
 # A dense 1D convolution with a long kernel ('SAME', stride 1): 255 taps per input
@@ -88,7 +86,7 @@ def test_rgb_and_mono_stems_take_xla(getkey):
     for channels, n in ((3, 2), (1, 1)):
         x = jr.normal(getkey(), (channels, *(12,) * n))
         w = jr.normal(getkey(), (16, channels, *(3,) * n))
-        assert _uses_lax_conv(lambda x, w=w: eqxconv.conv(x, w, padding=1), x)
+        assert uses_lax_conv(lambda x, w=w: eqxconv.conv(x, w, padding=1), x)
 
 
 def test_on_cpu_auto_takes_fft_for_large_kernels(monkeypatch):
@@ -168,4 +166,4 @@ def test_auto_lowers_long_kernels_through_ffts(monkeypatch, getkey):
     jaxpr = str(jax.make_jaxpr(lambda x: eqxconv.conv(x, w, padding="SAME"))(x))
     assert "fft" in jaxpr and "conv_general_dilated" not in jaxpr
     short = w[..., :33]
-    assert _uses_lax_conv(lambda x: eqxconv.conv(x, short, padding="SAME"), x)
+    assert uses_lax_conv(lambda x: eqxconv.conv(x, short, padding="SAME"), x)

@@ -17,42 +17,37 @@ import torch.nn.functional as F
 
 import eqxconv
 
-from .helpers import lax_local, oracle_pairs, to_torch
+from .cases import conv_local
+from .helpers import with_parameters
+from .oracles import explicit_mode, explicit_pairs, lax_local, to_torch
 
 
-def _tuple(v, n):
-    return (v,) * n if isinstance(v, int) else tuple(v)
-
-
-# (in_channels, out_channels, in_shape, kernel_size, stride, padding, dilation,
-#  groups, padding_mode, chunk_size)
 CASES = [
-    (2, 3, (12,), 3, 2, 1, 1, 1, "ZEROS", None),
-    (4, 6, (10,), 3, 1, "CAUSAL", 2, 2, "ZEROS", 3),
-    (3, 4, (9, 8), 3, 1, 0, 1, 1, "ZEROS", None),
-    (2, 2, (8, 9), (2, 3), (2, 1), "SAME", (1, 2), 1, "REFLECT", None),
-    (4, 6, (9, 7), 3, 1, 1, 1, 2, "REPLICATE", 15),  # 5 chunks of 2 rows, 1 padded
-    (2, 3, (6, 6), 3, 1, "CIRCULAR", 1, 1, "ZEROS", None),
-    (3, 2, (8, 8), 4, 4, 0, 1, 1, "ZEROS", None),  # non-overlapping patches
-    (2, 2, (4, 5, 4), 2, 1, "SAME_LOWER", 1, 1, "ZEROS", 8),
-    (4, 4, (4, 4, 4), 2, 2, 1, 1, 4, "CIRCULAR", None),
-]
-IDS = [
-    f"{len(c[2])}d-k{c[3]}-s{c[4]}-p{c[5]}-g{c[7]}-{c[8]}-chunk{c[9]}" for c in CASES
-]
+    conv_local((12,), out_channels=3, stride=2, padding=1),
+    conv_local((10,), in_channels=4, out_channels=6, padding="CAUSAL", dilation=2,
+               groups=2, chunk_size=3),
+    conv_local((9, 8), in_channels=3, out_channels=4),
+    conv_local((8, 9), kernel_size=(2, 3), stride=(2, 1), padding="SAME",
+               dilation=(1, 2), padding_mode="REFLECT"),
+    conv_local((9, 7), in_channels=4, out_channels=6, padding=1, groups=2,
+               padding_mode="REPLICATE", chunk_size=15),  # 5 chunks of 2 rows
+    conv_local((6, 6), out_channels=3, padding="CIRCULAR"),
+    conv_local((8, 8), in_channels=3, kernel_size=4,
+               stride=4),  # non-overlapping patches
+    conv_local((4, 5, 4), kernel_size=2, padding="SAME_LOWER", chunk_size=8),
+    conv_local((4, 4, 4), in_channels=4, out_channels=4, kernel_size=2, stride=2,
+               padding=1, groups=4, padding_mode="CIRCULAR"),
+]  # fmt: skip
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_against_lax_local(case, getkey):
-    cin, cout, in_shape, k, s, padding, d, groups, mode, chunk = case
-    n = len(in_shape)
-    k, s, d = _tuple(k, n), _tuple(s, n), _tuple(d, n)
-    pairs = oracle_pairs(padding, in_shape, k, s, d)
-    oracle_mode = "CIRCULAR" if padding == "CIRCULAR" else mode
-    layer = eqxconv.ConvLocal(
-        n, cin, cout, k, s, padding, d, groups, padding_mode=mode,
-        in_spatial_shape=in_shape, chunk_size=chunk, key=getkey(),
-    )  # fmt: skip
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_values_and_gradients_match_lax_local(case, getkey):
+    cin, cout, in_shape, groups = (case.in_channels, case.out_channels, case.spatial,
+                                   case.groups)  # fmt: skip
+    k, s, d = (case.tuple_of(f) for f in ("kernel_size", "stride", "dilation"))
+    pairs = explicit_pairs(case.padding, in_shape, k, s, d)
+    oracle_mode = explicit_mode(case.padding, case.padding_mode)
+    layer = case.build(getkey())
     out_shape = layer.out_spatial_shape(in_shape)
     per_position = (cin // groups) * math.prod(k)
     assert layer.weight.shape == (cout, per_position, *out_shape)
@@ -67,7 +62,7 @@ def test_against_lax_local(case, getkey):
         return lambda w, b, xs: jnp.sum(jax.vmap(f, (None, None, 0))(w, b, xs) * r)
 
     def ours(weight, bias, x):
-        return eqx.tree_at(lambda m: (m.weight, m.bias), layer, (weight, bias))(x)
+        return with_parameters(layer, weight, bias)(x)
 
     @jax.jit
     def run(w, b, xs):

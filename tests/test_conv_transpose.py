@@ -16,81 +16,78 @@ from jax.test_util import check_grads
 import eqxconv
 from eqxconv._lowering_transpose import transposed_conv
 
-from .helpers import to_torch, torch_conv_transpose, transpose_weight_layout
+from .cases import conv_transpose, LayerCase
+from .helpers import apply, with_parameters
+from .oracles import (
+    lax_conv_transpose_core,
+    to_torch,
+    torch_conv_transpose,
+    transpose_weight_layout,
+)
 
 
-CLASSES = {1: eqxconv.ConvTranspose1d, 2: eqxconv.ConvTranspose2d,
-           3: eqxconv.ConvTranspose3d}  # fmt: skip
-TORCH_CLASSES = {1: torch.nn.ConvTranspose1d, 2: torch.nn.ConvTranspose2d,
-                 3: torch.nn.ConvTranspose3d}  # fmt: skip
+EQUINOX_CASES = [
+    conv_transpose((5,), out_channels=3, kernel_size=4, stride=3, padding="SAME",
+                   output_padding=2),
+    conv_transpose((6,), kernel_size=5, stride=2, padding=[(3, 1)], output_padding=1,
+                   dilation=2),
+    conv_transpose((6,), stride=2, padding=3),  # padding > extent - 1: a crop
+    conv_transpose((5,), kernel_size=2, stride=5, padding="SAME",
+                   output_padding=1),  # stride > kernel extent
+    conv_transpose((5,), out_channels=3, stride=2, padding="SAME_LOWER",
+                   padding_mode="CIRCULAR"),
+    conv_transpose((5, 5), in_channels=4, out_channels=6, stride=2, padding=1,
+                   output_padding=1, groups=2),
+    conv_transpose((5, 5), in_channels=3, padding=1),  # stride 1
+    conv_transpose((5, 4), stride=(2, 1), padding="SAME", dilation=2,
+                   padding_mode="CIRCULAR"),
+    conv_transpose((4, 5), out_channels=4, kernel_size=(2, 3), stride=(3, 2),
+                   padding="VALID", output_padding=(2, 1), groups=2),
+    conv_transpose((4, 4, 4), stride=2, padding="VALID", output_padding=1),
+    conv_transpose((3, 3, 3), out_channels=3, kernel_size=2, stride=(1, 2, 3),
+                   dilation=(1, 1, 2)),
+]  # fmt: skip
 
 
-def _spatial(size, n):
-    return (size,) * n if isinstance(size, int) else tuple(size)
-
-
-@eqx.filter_jit
-def apply(layer, x):
-    return layer(x)
-
-
-def _with_params(layer, weight, bias):
-    return eqx.tree_at(lambda m: (m.weight, m.bias), layer, (weight, bias))
-
-
-# (n, in, out, kernel, stride, padding, output_padding, dilation, groups, mode, size)
-EQUINOX_CONFIGS = [
-    (1, 2, 3, 4, 3, "SAME", 2, 1, 1, "ZEROS", 5),
-    (1, 2, 2, 5, 2, [(3, 1)], 1, 2, 1, "ZEROS", 6),
-    (1, 2, 2, 3, 2, 3, 0, 1, 1, "ZEROS", 6),  # padding > extent - 1: a crop
-    (1, 2, 2, 2, 5, "SAME", 1, 1, 1, "ZEROS", 5),  # stride > kernel extent
-    (1, 2, 3, 3, 2, "SAME_LOWER", 0, 1, 1, "CIRCULAR", 5),
-    (2, 4, 6, 3, 2, 1, 1, 1, 2, "ZEROS", 5),
-    (2, 3, 2, 3, 1, 1, 0, 1, 1, "ZEROS", 5),  # stride 1
-    (2, 2, 2, 3, (2, 1), "SAME", 0, 2, 1, "CIRCULAR", (5, 4)),
-    (2, 2, 4, (2, 3), (3, 2), "VALID", (2, 1), 1, 2, "ZEROS", (4, 5)),
-    (3, 2, 2, 3, 2, "VALID", 1, 1, 1, "ZEROS", 4),
-    (3, 2, 3, 2, (1, 2, 3), 0, 0, (1, 1, 2), 1, "ZEROS", 3),
-]
-
-
-@pytest.mark.parametrize("config", EQUINOX_CONFIGS, ids=str)
-def test_matches_equinox(config, getkey):
-    n, cin, cout, k, s, p, a, d, g, mode, size = config
+@pytest.mark.parametrize("case", EQUINOX_CASES, ids=lambda c: c.id)
+def test_matches_equinox(case, getkey):
     reference = eqx.nn.ConvTranspose(
-        n, cin, cout, k, s, p, a, d, g, padding_mode=mode, key=getkey()
+        **case.weighted_arguments(), output_padding=case.output_padding, key=getkey()
     )
-    layer = CLASSES[n](cin, cout, k, s, p, a, d, g, padding_mode=mode, key=getkey())
-    layer = _with_params(layer, reference.weight, reference.bias)
-    x = jr.normal(getkey(), (cin, *_spatial(size, n)))
+    layer = with_parameters(case.build(getkey()), reference.weight, reference.bias)
+    x = jr.normal(getkey(), (case.in_channels, *case.spatial))
     out, expected = apply(layer, x), apply(reference, x)
     assert out.shape == expected.shape
     assert out.shape[1:] == layer.out_spatial_shape(x.shape[1:])
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
 
-# (n, in, out, kernel, stride, padding, output_padding, dilation, groups, size)
-TORCH_CONFIGS = [
-    (1, 4, 6, 5, 3, 2, 1, 2, 2, 7),
-    (1, 2, 3, 3, 1, 1, 2, 3, 1, 6),  # output_padding >= stride (dilation > stride)
-    (1, 3, 2, 16, 8, 4, 0, 1, 1, 9),
-    (2, 4, 6, 3, (2, 3), (1, 2), (1, 2), (1, 2), 2, (5, 6)),
-    (2, 3, 3, 4, 2, 1, 0, 1, 3, (6, 5)),  # depthwise
-    (3, 2, 4, 3, 2, 1, 1, 1, 1, (4, 3, 5)),
-    (3, 4, 4, (2, 3, 1), (2, 1, 3), (0, 1, 0), (1, 0, 2), (1, 2, 1), 2, 3),
-]
+TORCH_CASES = [
+    conv_transpose((7,), in_channels=4, out_channels=6, kernel_size=5, stride=3,
+                   padding=2, output_padding=1, dilation=2, groups=2),
+    conv_transpose((6,), out_channels=3, padding=1, output_padding=2,
+                   dilation=3),  # output_padding >= stride (dilation > stride)
+    conv_transpose((9,), in_channels=3, kernel_size=16, stride=8, padding=4),
+    conv_transpose((5, 6), in_channels=4, out_channels=6, stride=(2, 3),
+                   padding=(1, 2), output_padding=(1, 2), dilation=(1, 2), groups=2),
+    conv_transpose((6, 5), in_channels=3, out_channels=3, kernel_size=4, stride=2,
+                   padding=1, groups=3),  # depthwise
+    conv_transpose((4, 3, 5), out_channels=4, stride=2, padding=1, output_padding=1),
+    conv_transpose((3, 3, 3), in_channels=4, out_channels=4, kernel_size=(2, 3, 1),
+                   stride=(2, 1, 3), padding=(0, 1, 0), output_padding=(1, 0, 2),
+                   dilation=(1, 2, 1), groups=2),
+]  # fmt: skip
 
 
-@pytest.mark.parametrize("config", TORCH_CONFIGS, ids=str)
-def test_matches_torch(config, getkey):
-    n, cin, cout, k, s, p, a, d, g, size = config
-    layer = CLASSES[n](cin, cout, k, s, p, a, d, g, key=getkey())
-    x = jr.normal(getkey(), (cin, *_spatial(size, n)))
+@pytest.mark.parametrize("case", TORCH_CASES, ids=lambda c: c.id)
+def test_matches_torch(case, getkey):
+    layer = case.build(getkey())
+    x = jr.normal(getkey(), (case.in_channels, *case.spatial))
     out = apply(layer, x)
     expected = torch_conv_transpose(
         x, layer.weight, layer.bias, stride=layer.stride,
-        padding=_spatial(p, n), output_padding=_spatial(a, n),
-        dilation=layer.dilation, groups=g,
+        padding=case.tuple_of("padding"), output_padding=layer.output_padding,
+        dilation=layer.dilation, groups=case.groups,
     )  # fmt: skip
     assert out.shape == expected.shape
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
@@ -199,41 +196,45 @@ def test_conv_round_trip_shapes_nd(n, getkey):
         assert len(ambiguous) == 1
 
 
-# Every lowering against `lax.conv_general_dilated` with `lhs_dilation`.
-# (n, channels, out, kernel, stride, dilation, padding pairs, groups, size)
-CORE_CONFIGS = [
-    (1, 2, 3, 4, 2, 1, ((3, 3),), 1, 5),
-    (1, 2, 2, 3, 3, 2, ((-1, 5),), 2, 4),  # negative low padding: a crop
-    (1, 1, 2, 2, 4, 1, ((0, 2),), 1, 3),  # stride > kernel extent
-    (2, 4, 2, (3, 2), (2, 1), (1, 2), ((2, 1), (2, 0)), 2, (4, 3)),
-    (3, 2, 2, 3, 2, 1, ((1, 2),) * 3, 1, 3),
-]
+# Every lowering against `lax.conv_general_dilated` with `lhs_dilation`, on explicit
+# padding pairs of the zero-padded core.
+CORE_CASES = [
+    conv_transpose((5,), out_channels=3, kernel_size=4, stride=2, padding=((3, 3),)),
+    conv_transpose((4,), stride=3, dilation=2, padding=((-1, 5),),
+                   groups=2),  # negative low padding: a crop
+    conv_transpose((3,), in_channels=1, kernel_size=2, stride=4,
+                   padding=((0, 2),)),  # stride > kernel extent
+    conv_transpose((4, 3), in_channels=4, kernel_size=(3, 2), stride=(2, 1),
+                   dilation=(1, 2), padding=((2, 1), (2, 0)), groups=2),
+    conv_transpose((3, 3, 3), stride=2, padding=((1, 2), (1, 2), (1, 2))),
+]  # fmt: skip
 LOWERING_IDS = ("phase", "interior", "lhs_dilation")
 
 
-def _core_case(config, dtype=jnp.float32):
-    n, c, o, k, s, d, pairs, g, size = config
-    kernel, stride, dilation = (_spatial(v, n) for v in (k, s, d))
-    keys = jr.split(jr.key(sum(_spatial(size, n))), 3)
-    y = jr.normal(keys[0], (c, *_spatial(size, n)), dtype)
-    w = jr.normal(keys[1], (o, c // g, *kernel), dtype)
+def _core_case(case: LayerCase, dtype=jnp.float32):
+    keys = jr.split(jr.key(sum(case.spatial)), 3)
+    kernel = case.tuple_of("kernel_size")
+    y = jr.normal(keys[0], (case.in_channels, *case.spatial), dtype)
+    w = jr.normal(keys[1], (case.out_channels, case.in_channels // case.groups,
+                            *kernel), dtype)  # fmt: skip
     static: dict[str, Any] = dict(
-        stride=stride, dilation=dilation, padding=pairs, groups=g
-    )
+        stride=case.tuple_of("stride"), dilation=case.tuple_of("dilation"),
+        padding=case.padding, groups=case.groups,
+    )  # fmt: skip
 
     def oracle(y, w):
-        return lax.conv_general_dilated(
-            y[None], w, (1,) * n, pairs, lhs_dilation=stride, rhs_dilation=dilation,
-            feature_group_count=g, precision=lax.Precision.HIGHEST,
-        )[0]  # fmt: skip
+        return lax_conv_transpose_core(
+            y, w, stride=static["stride"], pairs=case.padding,
+            dilation=static["dilation"], groups=case.groups,
+        )  # fmt: skip
 
     return y, w, static, oracle
 
 
 @pytest.mark.parametrize("lowering", LOWERING_IDS)
-@pytest.mark.parametrize("config", CORE_CONFIGS, ids=str)
-def test_lowering_values_and_derivatives(lowering, config):
-    y, w, static, oracle = _core_case(config)
+@pytest.mark.parametrize("case", CORE_CASES, ids=lambda c: c.id)
+def test_lowering_values_and_derivatives(lowering, case):
+    y, w, static, oracle = _core_case(case)
 
     def ours(y, w):
         return transposed_conv(y, w, impl=lowering, **static,
@@ -256,28 +257,25 @@ def test_lowering_values_and_derivatives(lowering, config):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
 
 
-CHECK_GRADS_CASES = [(lowering, CORE_CONFIGS[1]) for lowering in LOWERING_IDS] + [
-    ("phase", (2, 2, 2, (3, 2), (2, 3), 1, ((2, 1), (1, 0)), 2, (2, 2)))
-]
+CHECK_GRADS_CASES = [(lowering, CORE_CASES[1]) for lowering in LOWERING_IDS] + [
+    (
+        "phase",
+        conv_transpose((2, 2), kernel_size=(3, 2), stride=(2, 3),
+                       padding=((2, 1), (1, 0)), groups=2),
+    )
+]  # fmt: skip
 
 
-@pytest.mark.parametrize("lowering, config", CHECK_GRADS_CASES, ids=str)
-def test_lowering_check_grads(lowering, config):
+@pytest.mark.parametrize(
+    "lowering, case",
+    CHECK_GRADS_CASES,
+    ids=[f"{lowering}-{case.id}" for lowering, case in CHECK_GRADS_CASES],
+)
+def test_lowering_check_grads(lowering, case):
     with jax.enable_x64(True):
-        y, w, static, _ = _core_case(config, jnp.float64)
+        y, w, static, _ = _core_case(case, jnp.float64)
         f = jax.jit(lambda y, w: transposed_conv(y, w, impl=lowering, **static))
         check_grads(f, (y, w), order=2, modes=("fwd", "rev"))
-
-
-def test_layer_check_grads():
-    with jax.enable_x64(True):
-        layer = eqxconv.ConvTranspose1d(
-            4, 2, 3, 2, "SAME", 1, groups=2, padding_mode="REFLECT", key=jr.key(0)
-        )
-        x = jr.normal(jr.key(1), (4, 3), jnp.float64)
-        params, static = eqx.partition(layer, eqx.is_inexact_array)
-        f = jax.jit(lambda params, x: eqx.combine(params, static)(x))
-        check_grads(f, (params, x), order=2, modes=("fwd", "rev"))
 
 
 def test_grads_match_torch(getkey):
@@ -307,24 +305,6 @@ def test_grads_match_torch(getkey):
     )
 
 
-def test_forward_mode_equals_reverse_mode(getkey):
-    layer = eqxconv.ConvTranspose1d(2, 3, 4, 2, 1, key=getkey())
-    x = jr.normal(getkey(), (2, 4))
-    forward = jax.jit(jax.jacfwd(lambda x: layer(x)))(x)
-    reverse = jax.jit(jax.jacrev(lambda x: layer(x)))(x)
-    np.testing.assert_allclose(forward, reverse, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("n", [1, 2, 3])
-def test_vmap_jit_and_filter_jit(n, getkey):
-    layer = CLASSES[n](3, 2, 3, 2, "SAME", 1, padding_mode="REPLICATE", key=getkey())
-    xs = jr.normal(getkey(), (3, 3, *(4, 3, 2)[:n]))
-    batched = eqx.filter_jit(lambda m, xs: jax.vmap(m)(xs))(layer, xs)
-    jitted = jax.jit(lambda xs: jnp.stack([layer(x) for x in xs]))(xs)
-    assert batched.shape == (3, 2, *(layer.out_spatial_shape(xs.shape[2:])))
-    np.testing.assert_allclose(batched, jitted, rtol=1e-5, atol=1e-6)
-
-
 def test_default_init_is_pytorch_transposed_fan_in(getkey):
     layer = eqxconv.ConvTranspose2d(4, 6, (3, 2), groups=2, key=getkey())
     reference = torch.nn.ConvTranspose2d(4, 6, (3, 2), groups=2)
@@ -351,7 +331,7 @@ def test_kernel_init_bias_init_mask_and_dtypes(getkey):
     grads = eqx.filter_jit(eqx.filter_grad(lambda m: jnp.sum(m(x) ** 2)))(layer)
     assert np.all(grads.weight[:, :, 1] == 0) and np.any(grads.weight[:, :, 0] != 0)
     reference = eqx.nn.ConvTranspose1d(2, 3, 3, 2, key=getkey())
-    reference = _with_params(
+    reference = with_parameters(
         reference, layer.weight * mask.astype(np.float32), layer.bias
     )
     np.testing.assert_allclose(apply(layer, x), apply(reference, x), rtol=1e-6)

@@ -16,92 +16,55 @@ from jax.test_util import check_grads
 
 import eqxconv
 
-
-JNP_MODES = {
-    "ZEROS": "constant",
-    "REFLECT": "reflect",
-    "REPLICATE": "edge",
-    "CIRCULAR": "wrap",
-}
+from .cases import conv, LayerCase
+from .oracles import explicit_mode, explicit_pairs, lax_conv
 
 
-def _pairs(padding, spatial, kernel, stride, dilation):
-    """Explicit `(low, high)` pairs, computed here independently of eqxconv."""
-    n = len(spatial)
-    if isinstance(padding, int):
-        return ((padding, padding),) * n
-    if isinstance(padding, str):
-        pairs = []
-        for size, k, s, d in zip(spatial, kernel, stride, dilation, strict=True):
-            extent = d * (k - 1) + 1
-            if padding == "VALID":
-                pairs.append((0, 0))
-            elif padding == "CAUSAL":
-                pairs.append((extent - 1, 0))
-            else:
-                total = max((-(-size // s) - 1) * s + extent - size, 0)
-                lo, hi = total // 2, total - total // 2
-                pairs.append((lo, hi) if padding == "SAME" else (hi, lo))
-        return tuple(pairs)
-    return tuple((p, p) if isinstance(p, int) else tuple(p) for p in padding)
-
-
-# (spatial, in_channels, groups, out_channels, kernel, stride, dilation, padding,
-#  mode, input_dilation): every padding form and mode, strides, dilations, groups.
+# Every padding form and mode, strides, dilations, groups, input dilation.
 CASES = {
-    "1d-same": ((20,), 3, 1, 4, (5,), (1,), (1,), "SAME", "ZEROS", (1,)),
-    "1d-stride3-dil2-groups2": ((31,), 4, 2, 6, (4,), (3,), (2,), 3, "ZEROS", (1,)),
-    "1d-causal-long": ((64,), 2, 1, 3, (33,), (1,), (1,), "CAUSAL", "ZEROS", (1,)),
-    "1d-depthwise-long": ((50,), 4, 4, 8, (21,), (1,), (1,), "SAME", "ZEROS", (1,)),
-    "1d-valid-prime-length": ((37,), 2, 1, 2, (6,), (2,), (1,), "VALID", "ZEROS", (1,)),
-    "1d-pairs-reflect": ((17,), 2, 1, 3, (5,), (2,), (1,), ((3, 1),), "REFLECT", (1,)),
-    "1d-replicate-dil3": ((19,), 3, 3, 3, (3,), (1,), (3,), "SAME", "REPLICATE", (1,)),
-    "1d-circular": ((16,), 2, 1, 2, (7,), (1,), (1,), "SAME", "CIRCULAR", (1,)),
-    "1d-input-dilation": ((9,), 2, 1, 3, (4,), (2,), (1,), 2, "ZEROS", (2,)),
-    "2d-same_lower-stride2": (
-        (11, 12), 3, 1, 4, (4, 3), (2, 2), (1, 1), "SAME_LOWER", "ZEROS", (1, 1),
-    ),
-    "2d-groups3-dil-reflect": (
-        (10, 9), 6, 3, 6, (3, 3), (1, 2), (2, 1), 2, "REFLECT", (1, 1),
-    ),
-    "2d-pairs-replicate": (
-        (9, 8), 2, 1, 4, (3, 5), (1, 3), (1, 1), ((0, 2), (3, 1)), "REPLICATE", (1, 1),
-    ),
-    "2d-circular-large-kernel": (
-        (16, 16), 2, 2, 4, (9, 9), (1, 1), (1, 1), "SAME", "CIRCULAR", (1, 1),
-    ),
-    "2d-causal-input-dilation": (
-        (6, 7), 2, 1, 2, (3, 2), (1, 2), (1, 1), "CAUSAL", "ZEROS", (2, 3),
-    ),
-    "3d-stride-groups": (
-        (7, 6, 8), 4, 2, 4, (3, 2, 3), (2, 1, 2), (1, 2, 1), "SAME", "ZEROS", (1, 1, 1),
-    ),
-    "3d-replicate": (
-        (5, 6, 5), 2, 1, 3, (2, 3, 2), (1, 1, 1), (1, 1, 1), 1, "REPLICATE", (1, 1, 1),
-    ),
+    case.fields_id: case
+    for case in [
+        conv((20,), in_channels=3, out_channels=4, kernel_size=5, padding="SAME"),
+        conv(
+            (31,), in_channels=4, groups=2, out_channels=6, kernel_size=4, stride=3,
+            dilation=2, padding=3,
+        ),
+        conv((64,), out_channels=3, kernel_size=33, padding="CAUSAL"),
+        conv((50,), in_channels=4, groups=4, out_channels=8, kernel_size=21,
+             padding="SAME"),
+        conv((37,), kernel_size=6, stride=2, padding="VALID"),
+        conv((17,), out_channels=3, kernel_size=5, stride=2, padding=((3, 1),),
+             padding_mode="REFLECT"),
+        conv((19,), in_channels=3, groups=3, out_channels=3, dilation=3,
+             padding="SAME", padding_mode="REPLICATE"),
+        conv((16,), kernel_size=7, padding="SAME", padding_mode="CIRCULAR"),
+        conv((9,), out_channels=3, kernel_size=4, stride=2, padding=2,
+             input_dilation=2),
+        conv((11, 12), in_channels=3, out_channels=4, kernel_size=(4, 3), stride=2,
+             padding="SAME_LOWER"),
+        conv((10, 9), in_channels=6, groups=3, out_channels=6, stride=(1, 2),
+             dilation=(2, 1), padding=2, padding_mode="REFLECT"),
+        conv((9, 8), out_channels=4, kernel_size=(3, 5), stride=(1, 3),
+             padding=((0, 2), (3, 1)), padding_mode="REPLICATE"),
+        conv((16, 16), groups=2, out_channels=4, kernel_size=9, padding="SAME",
+             padding_mode="CIRCULAR"),
+        conv((6, 7), kernel_size=(3, 2), stride=(1, 2), padding="CAUSAL",
+             input_dilation=(2, 3)),
+        conv((7, 6, 8), in_channels=4, groups=2, out_channels=4, kernel_size=(3, 2, 3),
+             stride=(2, 1, 2), dilation=(1, 2, 1), padding="SAME"),
+        conv((5, 6, 5), out_channels=3, kernel_size=(2, 3, 2), padding=1,
+             padding_mode="REPLICATE"),
+    ]
 }  # fmt: skip
 
 
-def _oracle(x, w, *, stride, pairs, dilation, groups, mode, input_dilation):
-    """`jnp.pad` (non-zero modes) then `lax.conv_general_dilated`, unbatched."""
-    if mode != "ZEROS":
-        widths = ((0, 0), *pairs)
-        x = jnp.pad(x, widths, mode=JNP_MODES[mode])  # pyright: ignore[reportArgumentType]
-        pairs = ((0, 0),) * len(pairs)
-    return lax.conv_general_dilated(
-        x[None],
-        w,
-        window_strides=stride,
-        padding=pairs,
-        lhs_dilation=input_dilation,
-        rhs_dilation=dilation,
-        feature_group_count=groups,
-        precision=lax.Precision.HIGHEST,
-    )[0]
+def _case(fields: str) -> LayerCase:
+    """The case whose non-default fields contain `fields`."""
+    (case,) = [c for name, c in CASES.items() if fields in name]
+    return case
 
 
-def _setup(case, key, dtype=jnp.float32, batch=2):
-    spatial, c_in, groups, c_out, kernel, stride, dilation, padding, mode, idil = case
+def _setup(case: LayerCase, key, dtype=jnp.float32, batch=2):
     kx, kw, kr, kdx, kdw = jr.split(key, 5)
 
     def normal(key, shape):
@@ -111,35 +74,41 @@ def _setup(case, key, dtype=jnp.float32, batch=2):
             return lax.complex(jr.normal(k1, shape, real), jr.normal(k2, shape, real))
         return jr.normal(key, shape, dtype)
 
-    xs = normal(kx, (batch, c_in, *spatial))
-    w = normal(kw, (c_out, c_in // groups, *kernel))
-    extent = tuple((size - 1) * i + 1 for size, i in zip(spatial, idil, strict=True))
-    pairs = _pairs(padding, extent, kernel, stride, dilation)
-    conf = dict(stride=stride, dilation=dilation, groups=groups)
-    out_spatial = tuple(
-        (size + lo + hi - d * (k - 1) - 1) // s + 1
-        for size, (lo, hi), k, s, d in zip(
-            extent, pairs, kernel, stride, dilation, strict=True
-        )
+    kernel = case.tuple_of("kernel_size")
+    xs = normal(kx, (batch, case.in_channels, *case.spatial))
+    w = normal(kw, (case.out_channels, case.in_channels // case.groups, *kernel))
+    window = dict(
+        stride=case.tuple_of("stride"),
+        dilation=case.tuple_of("dilation"),
+        groups=case.groups,
     )
-    r = normal(kr, (batch, c_out, *out_spatial))
-    dxs = normal(kdx, xs.shape)
-    dw = normal(kdw, w.shape)
+    input_dilation = case.tuple_of("input_dilation")
+    pairs = explicit_pairs(
+        case.padding, case.spatial, kernel, window["stride"], window["dilation"],
+        input_dilation,
+    )  # fmt: skip
+    mode = explicit_mode(case.padding, case.padding_mode)
 
     def ours(x, w):
         return eqxconv.conv(
             x,
             w,
-            padding=padding,
-            padding_mode=mode,
-            input_dilation=idil,
+            padding=case.padding,
+            padding_mode=case.padding_mode,
+            input_dilation=input_dilation,
             impl="fft",
-            **conf,
+            **window,
         )
 
     def oracle(x, w):
-        return _oracle(x, w, pairs=pairs, mode=mode, input_dilation=idil, **conf)
+        return lax_conv(
+            x, w, pairs=pairs, mode=mode, input_dilation=input_dilation, **window
+        )
 
+    out_spatial = jax.eval_shape(oracle, xs[0], w).shape[1:]
+    r = normal(kr, (batch, case.out_channels, *out_spatial))
+    dxs = normal(kdx, xs.shape)
+    dw = normal(kdw, w.shape)
     return ours, oracle, (xs, w, r, dxs, dw)
 
 
@@ -167,7 +136,7 @@ def _assert_close(actual, expected, rtol):
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_matches_lax(name, getkey):
+def test_values_vjp_and_jvp_match_lax(name, getkey):
     ours, oracle, args = _setup(CASES[name], getkey())
     for a, b in zip(
         jax.tree.leaves(_derivatives(ours)(*args)),
@@ -178,7 +147,7 @@ def test_matches_lax(name, getkey):
 
 
 def test_lowers_to_ffts_only(getkey):
-    ours, _, (xs, w, *_) = _setup(CASES["2d-groups3-dil-reflect"], getkey())
+    ours, _, (xs, w, *_) = _setup(_case("dilation=(2, 1)"), getkey())
     jaxpr = str(
         jax.make_jaxpr(jax.grad(lambda x, w: jnp.sum(ours(x, w) ** 2)))(xs[0], w)
     )
@@ -186,9 +155,9 @@ def test_lowers_to_ffts_only(getkey):
     assert "conv_general_dilated" not in jaxpr
 
 
-@pytest.mark.parametrize("name", ["1d-stride3-dil2-groups2", "2d-pairs-replicate"])
+@pytest.mark.parametrize("name", ["stride=3", "stride=(1, 3)"])
 def test_complex(name, getkey):
-    ours, oracle, args = _setup(CASES[name], getkey(), jnp.complex64)
+    ours, oracle, args = _setup(_case(name), getkey(), jnp.complex64)
     results = _derivatives(ours)(*args)
     assert results[0].dtype == jnp.complex64
     for a, b in zip(
@@ -201,9 +170,7 @@ def test_complex(name, getkey):
 
 def test_float64(getkey):
     with jax.enable_x64(True):
-        ours, oracle, args = _setup(
-            CASES["2d-groups3-dil-reflect"], getkey(), jnp.float64
-        )
+        ours, oracle, args = _setup(_case("dilation=(2, 1)"), getkey(), jnp.float64)
         results = _derivatives(ours)(*args)
         assert all(a.dtype == jnp.float64 for a in jax.tree.leaves(results))
         for a, b in zip(
@@ -215,7 +182,7 @@ def test_float64(getkey):
 
 
 def test_bfloat16_computes_in_float32(getkey):
-    ours, oracle, args = _setup(CASES["1d-causal-long"], getkey(), jnp.bfloat16)
+    ours, oracle, args = _setup(_case("kernel_size=33"), getkey(), jnp.bfloat16)
     y, (gx, gw), ty = _derivatives(ours)(*args)
     assert y.dtype == gx.dtype == gw.dtype == ty.dtype == jnp.bfloat16
     y0, (gx0, gw0), ty0 = _derivatives(oracle)(*(a.astype(jnp.float32) for a in args))
@@ -235,15 +202,13 @@ def test_bfloat16_computes_in_float32(getkey):
 
 def test_check_grads_second_order(getkey):
     with jax.enable_x64(True):
-        ours, _, (xs, w, *_) = _setup(
-            CASES["1d-stride3-dil2-groups2"], getkey(), jnp.float64, batch=1
-        )
+        ours, _, (xs, w, *_) = _setup(_case("stride=3"), getkey(), jnp.float64, batch=1)
         f = jax.jit(jax.vmap(ours, in_axes=(0, None)))
         check_grads(f, (xs, w), order=2, modes=("fwd", "rev"))
 
 
 def test_grad_of_nonlinear_loss_matches_lax(getkey):
-    ours, oracle, (xs, w, *_) = _setup(CASES["2d-circular-large-kernel"], getkey())
+    ours, oracle, (xs, w, *_) = _setup(_case("kernel_size=9"), getkey())
 
     def grad(f):
         return jax.jit(
@@ -258,7 +223,7 @@ def test_grad_of_nonlinear_loss_matches_lax(getkey):
 
 
 def test_vmap_equals_loop_and_jit_equals_eager(getkey):
-    ours, oracle, (xs, w, *_) = _setup(CASES["1d-pairs-reflect"], getkey(), batch=3)
+    ours, oracle, (xs, w, *_) = _setup(_case("padding=((3, 1),)"), getkey(), batch=3)
     batched = jax.jit(jax.vmap(ours, in_axes=(0, None)))(xs, w)
     for i in range(xs.shape[0]):
         eager = ours(xs[i], w)

@@ -3,10 +3,8 @@
 `conv_transpose` with `'CIRCULAR'` is the adjoint of Flax's forward convolution."""
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
-import equinox as eqx
 import flax.linen as fnn
 import jax
 import jax.numpy as jnp
@@ -16,49 +14,45 @@ import pytest
 
 import eqxconv
 
+from .cases import LayerCase
+from .helpers import with_parameters
 
-@dataclass(frozen=True)
-class CircularCase:
-    spatial: tuple[int, ...]
-    kernel_size: int
-    stride: int
-    dilation: int = 1
-    groups: int = 1
 
-    @property
-    def id(self) -> str:
-        return (
-            f"{len(self.spatial)}d-{'x'.join(map(str, self.spatial))}"
-            f"-k{self.kernel_size}-s{self.stride}-d{self.dilation}-g{self.groups}"
-        )
+IN_CHANNELS, OUT_CHANNELS = 4, 6
+
+
+def _circular(family, spatial, kernel_size, stride, **fields) -> LayerCase:
+    return LayerCase(
+        family, spatial, kernel_size=kernel_size, stride=stride, padding="CIRCULAR",
+        in_channels=IN_CHANNELS, out_channels=OUT_CHANNELS, **fields,
+    )  # fmt: skip
 
 
 # Even and odd inputs and kernels, strides 1-3: where Flax's padding differs from
 # 'SAME' resolved for the stride.
 CONV_CASES = [
-    CircularCase((8,), 3, 1),
-    CircularCase((8,), 4, 2),
-    CircularCase((9,), 3, 3, dilation=2),
-    CircularCase((8,), 5, 3, groups=2),
-    CircularCase((8, 7), 3, 2),
-    CircularCase((8, 8), 4, 3),
-    CircularCase((6, 9), 2, 2, dilation=3, groups=2),
-    CircularCase((4, 5, 6), 3, 2),
+    _circular("conv", (8,), 3, 1),
+    _circular("conv", (8,), 4, 2),
+    _circular("conv", (9,), 3, 3, dilation=2),
+    _circular("conv", (8,), 5, 3, groups=2),
+    _circular("conv", (8, 7), 3, 2),
+    _circular("conv", (8, 8), 4, 3),
+    _circular("conv", (6, 9), 2, 2, dilation=3, groups=2),
+    _circular("conv", (4, 5, 6), 3, 2),
 ]
 LOCAL_CASES = [
-    CircularCase((8,), 4, 2),
-    CircularCase((9,), 3, 3, dilation=2),
-    CircularCase((8, 8), 3, 2),
-    CircularCase((7, 8), 4, 3),
+    _circular("conv_local", (8,), 4, 2),
+    _circular("conv_local", (9,), 3, 3, dilation=2),
+    _circular("conv_local", (8, 8), 3, 2),
+    _circular("conv_local", (7, 8), 4, 3),
 ]
-IN_CHANNELS, OUT_CHANNELS = 4, 6
 
 
 def _channels_last(x):
     return jnp.moveaxis(x, 0, -1)[None]
 
 
-def _flax_layer(case: CircularCase, local: bool):
+def _flax_layer(case: LayerCase, local: bool):
     n = len(case.spatial)
     layer_class = fnn.ConvLocal if local else fnn.Conv
     return layer_class(
@@ -72,67 +66,29 @@ def _flax_layer(case: CircularCase, local: bool):
     )
 
 
-@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: c.id)
-def test_conv_matches_flax(case, getkey):
-    n = len(case.spatial)
+def _flax_and_eqxconv(case: LayerCase, getkey):
+    """Flax's layer and eqxconv's, given Flax's parameters, on one input: `(x, Flax's
+    output channels-first, eqxconv's layer)`. Flax's kernel is `(*kernel_size,
+    in // groups, out)` for `Conv` and `(*out_spatial, in * prod(kernel_size), out)`
+    for `ConvLocal` (the fused axis channel-major as eqxconv's): its last two axes
+    moved first give eqxconv's layout."""
     x = jr.normal(getkey(), (IN_CHANNELS, *case.spatial))
-    flax_layer = _flax_layer(case, local=False)
+    flax_layer = _flax_layer(case, local=case.family == "conv_local")
     params: Any = flax_layer.init(getkey(), _channels_last(x))["params"]
     expected = flax_layer.apply({"params": params}, _channels_last(x))[0]
-    layer = eqxconv.Conv(
-        n,
-        IN_CHANNELS,
-        OUT_CHANNELS,
-        case.kernel_size,
-        stride=case.stride,
-        padding="CIRCULAR",
-        dilation=case.dilation,
-        groups=case.groups,
-        precision="highest",
-        key=getkey(),
-    )
-    # Flax's kernel is (*kernel_size, in // groups, out).
+    layer = case.build(getkey(), precision="highest")
     weight = jnp.moveaxis(params["kernel"], (-1, -2), (0, 1))
-    assert layer.bias is not None
-    bias = jnp.reshape(params["bias"], layer.bias.shape)
-    layer = _with_parameters(layer, weight, bias)
+    bias = jnp.reshape(jnp.moveaxis(params["bias"], -1, 0), layer.bias.shape)
+    assert weight.shape == layer.weight.shape
+    return x, jnp.moveaxis(expected, -1, 0), with_parameters(layer, weight, bias)
+
+
+@pytest.mark.parametrize("case", CONV_CASES + LOCAL_CASES, ids=lambda c: c.id)
+def test_conv_and_conv_local_match_flax(case, getkey):
+    x, expected, layer = _flax_and_eqxconv(case, getkey)
     out = layer(x)
     assert out.shape[1:] == layer.out_spatial_shape(case.spatial)
-    np.testing.assert_allclose(out, jnp.moveaxis(expected, -1, 0), rtol=1e-5, atol=1e-5)
-
-
-def _with_parameters(layer, weight, bias):
-    return eqx.tree_at(lambda m: (m.weight, m.bias), layer, (weight, bias))
-
-
-@pytest.mark.parametrize("case", LOCAL_CASES, ids=lambda c: c.id)
-def test_conv_local_matches_flax(case, getkey):
-    n = len(case.spatial)
-    x = jr.normal(getkey(), (IN_CHANNELS, *case.spatial))
-    flax_layer = _flax_layer(case, local=True)
-    params: Any = flax_layer.init(getkey(), _channels_last(x))["params"]
-    expected = flax_layer.apply({"params": params}, _channels_last(x))[0]
-    layer = eqxconv.ConvLocal(
-        n,
-        IN_CHANNELS,
-        OUT_CHANNELS,
-        case.kernel_size,
-        stride=case.stride,
-        padding="CIRCULAR",
-        dilation=case.dilation,
-        in_spatial_shape=case.spatial,
-        precision="highest",
-        key=getkey(),
-    )
-    # Flax's kernel is (*out_spatial, in * prod(kernel_size), out), the fused axis
-    # channel-major as eqxconv's.
-    weight = jnp.moveaxis(params["kernel"], (-1, -2), (0, 1))
-    bias = jnp.moveaxis(params["bias"], -1, 0)
-    assert weight.shape == layer.weight.shape
-    layer = _with_parameters(layer, weight, bias)
-    np.testing.assert_allclose(
-        layer(x), jnp.moveaxis(expected, -1, 0), rtol=1e-5, atol=1e-5
-    )
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("case", CONV_CASES[1:4] + CONV_CASES[5:7], ids=lambda c: c.id)

@@ -56,13 +56,6 @@ CONSTRUCTION_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", CONSTRUCTION_CASES, ids=str)
-def test_bad_construction_names_the_argument(case):
-    build, error, match = CONSTRUCTION_CASES[case]
-    with pytest.raises(error, match=match):
-        build()
-
-
 def test_valid_precisions_are_accepted():
     for precision in ("highest", ("high", "default"), jax.lax.Precision.HIGH):
         assert _conv2d(precision=precision).precision == precision
@@ -211,9 +204,10 @@ FUNCTIONAL_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", FUNCTIONAL_CASES, ids=str)
-def test_bad_functional_call_names_op_and_argument(case):
-    call, error, match = FUNCTIONAL_CASES[case]
+@pytest.mark.parametrize("case", [*CONSTRUCTION_CASES, *FUNCTIONAL_CASES], ids=str)
+def test_bad_argument_gets_an_error_naming_it(case):
+    """At construction, or in a call of a functional op."""
+    call, error, match = (CONSTRUCTION_CASES | FUNCTIONAL_CASES)[case]
     with pytest.raises(error, match=match):
         call()
 

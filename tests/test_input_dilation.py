@@ -18,13 +18,15 @@ import pytest
 
 import eqxconv
 
+from .oracles import explicit_pairs, lax_local, lax_patches
+
 
 @dataclass(frozen=True)
 class DilatedCase:
     spatial: tuple[int, ...]
     kernel_size: tuple[int, ...]
     stride: tuple[int, ...]
-    padding: Any
+    padding: object
     dilation: tuple[int, ...]
     input_dilation: tuple[int, ...]
 
@@ -48,66 +50,33 @@ CASES = [
 IN_CHANNELS, OUT_CHANNELS = 3, 4
 
 
-def _lax_padding(case: DilatedCase) -> tuple[tuple[int, int], ...]:
-    """Explicit pairs, as `lax` takes no padding string with `lhs_dilation`: its own
-    `padtype_to_pads` on the dilated input's extent."""
-    if not isinstance(case.padding, str):
-        return tuple((int(lo), int(hi)) for lo, hi in case.padding)
-    extent = [
-        (n - 1) * r + 1 for n, r in zip(case.spatial, case.input_dilation, strict=True)
-    ]
-    window = [
-        (k - 1) * d + 1 for k, d in zip(case.kernel_size, case.dilation, strict=True)
-    ]
-    pairs = lax.padtype_to_pads(extent, window, case.stride, case.padding)
-    return tuple((int(lo), int(hi)) for lo, hi in pairs)
+def _window(case: DilatedCase) -> dict[str, Any]:
+    """The window arguments of eqxconv's ops, but the kernel size."""
+    return dict(
+        stride=case.stride, padding=case.padding, dilation=case.dilation,
+        input_dilation=case.input_dilation,
+    )  # fmt: skip
 
 
-def _dimension_numbers(n):
-    spatial = "DHW"[3 - n :]
-    return (f"NC{spatial}", f"OI{spatial}", f"NC{spatial}")
+def _oracle_window(case: DilatedCase) -> dict[str, Any]:
+    """The oracles' arguments: explicit pairs, as `lax` takes no padding string with
+    `lhs_dilation`."""
+    k, s, d, r = case.kernel_size, case.stride, case.dilation, case.input_dilation
+    pairs = explicit_pairs(case.padding, case.spatial, k, s, d, input_dilation=r)
+    return dict(kernel_size=k, stride=s, pairs=pairs, dilation=d, input_dilation=r)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_extract_patches_matches_lax_lhs_dilation(case, getkey):
     x = jr.normal(getkey(), (IN_CHANNELS, *case.spatial))
-    expected = lax.conv_general_dilated_patches(
-        x[None],
-        case.kernel_size,
-        case.stride,
-        _lax_padding(case),
-        lhs_dilation=case.input_dilation,
-        rhs_dilation=case.dilation,
-        precision=lax.Precision.HIGHEST,
-    )[0]
-    layer = eqxconv.ExtractPatches(
-        len(case.spatial),
-        case.kernel_size,
-        case.stride,
-        case.padding,
-        case.dilation,
-        input_dilation=case.input_dilation,
-    )
+    expected = lax_patches(x, **_oracle_window(case))
+    layer = eqxconv.ExtractPatches(len(case.spatial), case.kernel_size, **_window(case))
     out = eqx.filter_jit(layer)(x)
     assert out.shape[1:] == layer.out_spatial_shape(case.spatial)
     np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
-    functional = eqxconv.extract_patches(
-        x,
-        case.kernel_size,
-        stride=case.stride,
-        padding=case.padding,
-        dilation=case.dilation,
-        input_dilation=case.input_dilation,
-    )
+    functional = eqxconv.extract_patches(x, case.kernel_size, **_window(case))
     np.testing.assert_array_equal(functional, out)
-    shape = eqxconv.conv_output_shape(
-        case.spatial,
-        case.kernel_size,
-        stride=case.stride,
-        padding=case.padding,
-        dilation=case.dilation,
-        input_dilation=case.input_dilation,
-    )
+    shape = eqxconv.conv_output_shape(case.spatial, case.kernel_size, **_window(case))
     assert shape == out.shape[1:]
 
 
@@ -118,27 +87,11 @@ def test_extract_patches_gradient_matches_lax(case, getkey):
     x = jr.normal(getkey(), (IN_CHANNELS, *case.spatial))
 
     def ours(v):
-        patches = eqxconv.extract_patches(
-            v,
-            case.kernel_size,
-            stride=case.stride,
-            padding=case.padding,
-            dilation=case.dilation,
-            input_dilation=case.input_dilation,
-        )
+        patches = eqxconv.extract_patches(v, case.kernel_size, **_window(case))
         return jnp.sum(jnp.sin(patches) ** 2)
 
     def reference(v):
-        patches = lax.conv_general_dilated_patches(
-            v[None],
-            case.kernel_size,
-            case.stride,
-            _lax_padding(case),
-            lhs_dilation=case.input_dilation,
-            rhs_dilation=case.dilation,
-            precision=lax.Precision.HIGHEST,
-        )
-        return jnp.sum(jnp.sin(patches) ** 2)
+        return jnp.sum(jnp.sin(lax_patches(v, **_oracle_window(case))) ** 2)
 
     np.testing.assert_allclose(
         jax.jit(jax.grad(ours))(x), jax.grad(reference)(x), rtol=1e-5, atol=1e-5
@@ -147,60 +100,27 @@ def test_extract_patches_gradient_matches_lax(case, getkey):
 
 @pytest.mark.parametrize("case", CASES[::2] + CASES[3:4], ids=lambda c: c.id)
 def test_conv_local_matches_lax_local(case, getkey):
-    n = len(case.spatial)
     layer = eqxconv.ConvLocal(
-        n,
+        len(case.spatial),
         IN_CHANNELS,
         OUT_CHANNELS,
         case.kernel_size,
-        case.stride,
-        case.padding,
-        case.dilation,
         in_spatial_shape=case.spatial,
-        input_dilation=case.input_dilation,
         key=getkey(),
+        **_window(case),
     )
     x = jr.normal(getkey(), (IN_CHANNELS, *case.spatial))
-    expected = lax.conv_general_dilated_local(
-        x[None],
-        layer.weight,
-        case.stride,
-        _lax_padding(case),
-        case.kernel_size,
-        lhs_dilation=case.input_dilation,
-        rhs_dilation=case.dilation,
-        dimension_numbers=_dimension_numbers(n),
-        precision=lax.Precision.HIGHEST,
-    )[0]
+    expected = lax_local(x, layer.weight, **_oracle_window(case))
     assert layer.bias is not None
     expected = expected + layer.bias
     np.testing.assert_allclose(eqx.filter_jit(layer)(x), expected, rtol=1e-5, atol=1e-5)
 
     def loss(v, w):
-        y = eqxconv.conv_local(
-            v,
-            w,
-            kernel_size=case.kernel_size,
-            stride=case.stride,
-            padding=case.padding,
-            dilation=case.dilation,
-            input_dilation=case.input_dilation,
-        )
+        y = eqxconv.conv_local(v, w, kernel_size=case.kernel_size, **_window(case))
         return jnp.sum(y**2)
 
     def reference_loss(v, w):
-        y = lax.conv_general_dilated_local(
-            v[None],
-            w,
-            case.stride,
-            _lax_padding(case),
-            case.kernel_size,
-            lhs_dilation=case.input_dilation,
-            rhs_dilation=case.dilation,
-            dimension_numbers=_dimension_numbers(n),
-            precision=lax.Precision.HIGHEST,
-        )
-        return jnp.sum(y**2)
+        return jnp.sum(lax_local(v, w, **_oracle_window(case)) ** 2)
 
     grads = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, layer.weight)
     expected_grads = jax.grad(reference_loss, argnums=(0, 1))(x, layer.weight)

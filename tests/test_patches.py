@@ -1,11 +1,10 @@
 """`extract_patches`/`fold_patches` and `ExtractPatches`/`FoldPatches` against
 `lax.conv_general_dilated_patches` (and its `jax.linear_transpose`), torch
-`F.unfold`/`F.fold`, in 1D/2D/3D, every padding form and mode, every lowering; grads,
-vmap, jit and errors."""
+`F.unfold`/`F.fold`, in 1D/2D/3D, every padding form and mode, every lowering; grads
+and errors. (vmap, jit and adjointness: `test_transforms.py`.)"""
 
 from typing import Any
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -15,55 +14,62 @@ import torch.nn.functional as F
 
 import eqxconv
 
-from .helpers import jnp_pad, lax_patches, oracle_pairs, to_torch
+from .cases import extract_patches, LayerCase
+from .helpers import apply
+from .oracles import explicit_mode, explicit_pairs, lax_patches, to_torch
 
 
-def _tuple(v, n):
-    return (v,) * n if isinstance(v, int) else tuple(v)
-
-
-# (channels, in_shape, kernel_size, stride, padding, dilation, padding_mode)
+# Named for the lowerings they exercise (`test_every_lowering`).
+PAIRS_DILATED = extract_patches(
+    (11, 9), in_channels=3, kernel_size=(2, 3), stride=(1, 2),
+    padding=((1, 0), (2, 1)), dilation=(2, 1),
+)  # fmt: skip
+VIT_PADDED = extract_patches(
+    (13, 9), kernel_size=4, stride=4, padding=(1, 2)
+)  # reshape after padding, uncovered tail
+RESHAPE_3D = extract_patches((4, 6, 6), kernel_size=2, stride=2)
 CASES = [
-    (2, (13,), 3, 2, 1, 1, "ZEROS"),
-    (2, (10,), 4, 4, 0, 1, "ZEROS"),  # non-overlapping: reshape
-    (1, (9,), 2, 1, "CAUSAL", 2, "ZEROS"),
-    (2, (8,), 3, 1, "circular", 1, "ZEROS"),
-    (3, (11, 9), 3, 1, 0, 1, "ZEROS"),
-    (3, (11, 9), (2, 3), (1, 2), ((1, 0), (2, 1)), (2, 1), "ZEROS"),
-    (2, (12, 8), 4, 4, "VALID", 1, "ZEROS"),  # ViT patchify: reshape
-    (2, (13, 9), 4, 4, (1, 2), 1, "ZEROS"),  # reshape after padding, uncovered tail
-    (2, (7, 8), 3, 2, "same_lower", 1, "REFLECT"),
-    (2, (6, 7), 3, 1, "SAME", 1, "REPLICATE"),
-    (1, (6, 6), (3, 2), (2, 1), [1, 2], (1, 2), "CIRCULAR"),
-    (1, (12, 11), 9, 1, 2, 1, "ZEROS"),  # 81 offsets
-    (2, (5, 6, 4), 2, 1, 1, 1, "ZEROS"),
-    (2, (4, 6, 6), 2, 2, 0, 1, "ZEROS"),  # 3D reshape
-    (1, (5, 5, 5), 3, (1, 2, 1), "SAME", (1, 1, 2), "REFLECT"),
+    extract_patches((13,), stride=2, padding=1),
+    extract_patches((10,), kernel_size=4, stride=4),  # non-overlapping: reshape
+    extract_patches((9,), in_channels=1, kernel_size=2, padding="CAUSAL",
+                    dilation=2),
+    extract_patches((8,), padding="circular"),
+    extract_patches((11, 9), in_channels=3),
+    PAIRS_DILATED,
+    extract_patches((12, 8), kernel_size=4, stride=4,
+                    padding="VALID"),  # ViT patchify: reshape
+    VIT_PADDED,
+    extract_patches((7, 8), stride=2, padding="same_lower", padding_mode="REFLECT"),
+    extract_patches((6, 7), padding="SAME", padding_mode="REPLICATE"),
+    extract_patches((6, 6), in_channels=1, kernel_size=(3, 2), stride=(2, 1),
+                    padding=[1, 2], dilation=(1, 2), padding_mode="CIRCULAR"),
+    extract_patches((12, 11), in_channels=1, kernel_size=9, padding=2),  # 81 offsets
+    extract_patches((5, 6, 4), kernel_size=2, padding=1),
+    RESHAPE_3D,
+    extract_patches((5, 5, 5), in_channels=1, stride=(1, 2, 1), padding="SAME",
+                    dilation=(1, 1, 2), padding_mode="REFLECT"),
     # Strided windows are phase slices: stride with dilation, stride above kernel.
-    (2, (15, 13), 3, 2, 1, (2, 3), "ZEROS"),
-    (1, (14,), 2, 3, 1, 1, "ZEROS"),
-    (1, (16,), 5, 3, 0, 2, "REFLECT"),
-]
-IDS = [f"{len(c[1])}d-k{c[2]}-s{c[3]}-p{c[4]}-d{c[5]}-{c[6]}" for c in CASES]
+    extract_patches((15, 13), stride=2, padding=1, dilation=(2, 3)),
+    extract_patches((14,), in_channels=1, kernel_size=2, stride=3, padding=1),
+    extract_patches((16,), in_channels=1, kernel_size=5, stride=3, dilation=2,
+                    padding_mode="REFLECT"),
+]  # fmt: skip
 
 
-def _config(case):
-    channels, in_shape, k, s, padding, d, mode = case
-    n = len(in_shape)
-    k, s, d = _tuple(k, n), _tuple(s, n), _tuple(d, n)
-    pairs: Any = oracle_pairs(padding, in_shape, k, s, d)
-    if isinstance(padding, str) and padding.upper() == "CIRCULAR":
-        mode = "CIRCULAR"
-    return channels, in_shape, k, s, padding, d, mode, pairs
+def _config(case: LayerCase):
+    k, s, d = (case.tuple_of(f) for f in ("kernel_size", "stride", "dilation"))
+    pairs: Any = explicit_pairs(case.padding, case.spatial, k, s, d)
+    mode = explicit_mode(case.padding, case.padding_mode)
+    return case.in_channels, case.spatial, k, s, case.padding, d, mode, pairs
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_against_lax_patches(case, getkey):
     """extract_patches == lax patches of the padded input; fold_patches == the linear
     transpose of (zero-pad + lax patches), an adjoint computed independently; the
     gradients of both against those through lax. One compilation per case."""
     channels, in_shape, k, s, padding, d, mode, pairs = _config(case)
-    raw_mode = case[6]
+    raw_mode = case.padding_mode
     fold_padding = padding if mode == "ZEROS" else pairs  # fold pads with zeros only
     x = jr.normal(getkey(), (channels, *in_shape))
     grid = eqxconv.conv_output_shape(in_shape, k, stride=s, padding=padding, dilation=d)
@@ -105,7 +111,7 @@ def test_against_lax_patches(case, getkey):
 
 @pytest.mark.parametrize("strategy", ["slices", "separable", "reshape"])
 @pytest.mark.parametrize(
-    "case", [CASES[5], CASES[7], CASES[13]], ids=["2d", "vit", "3d"]
+    "case", [PAIRS_DILATED, VIT_PADDED, RESHAPE_3D], ids=["2d", "vit", "3d"]
 )
 def test_every_lowering(strategy, case, getkey):
     channels, in_shape, k, s, padding, d, mode, pairs = _config(case)
@@ -152,30 +158,20 @@ def test_torch_unfold_and_fold(k, s, p, d, getkey):
     np.testing.assert_allclose(folded, expected_fold[0].numpy(), rtol=1e-5, atol=1e-5)
 
 
-def test_modules_vmap_jit(getkey):
+def test_modules_match_lax_and_hold_no_leaves(getkey):
     extract = eqxconv.ExtractPatches(2, 3, stride=2, padding="SAME", dilation=1)
     fold = eqxconv.FoldPatches(2, (9, 8), 3, stride=2, padding="SAME")
-    xs = jr.normal(getkey(), (4, 2, 9, 8))
+    x = jr.normal(getkey(), (2, 9, 8))
     assert extract.out_spatial_shape((9, 8)) == (5, 4)
     assert fold.in_spatial_shape == (5, 4)
     assert fold.out_spatial_shape((5, 4)) == (9, 8)
-    pairs = oracle_pairs("SAME", (9, 8), (3, 3), (2, 2), (1, 1))
-    p = jr.normal(getkey(), (4, 18, 5, 4))
-
-    @eqx.filter_jit
-    def run(xs, p):
-        expected = jax.lax.conv_general_dilated_patches(
-            jax.vmap(lambda x: jnp_pad(x, pairs, "ZEROS"))(xs), (3, 3), (2, 2), "VALID"
-        )
-        return jax.vmap(extract)(xs), expected, jax.vmap(fold)(p)
-
-    patches, expected, folded = run(xs, p)
-    np.testing.assert_allclose(patches, expected, atol=1e-6)
-    assert folded.shape == xs.shape
-    # Adjoint identity <extract(x), p> == <x, fold(p)> on the batch.
-    np.testing.assert_allclose(jnp.sum(patches * p), jnp.sum(xs * folded), rtol=1e-4)
+    pairs = explicit_pairs("SAME", (9, 8), (3, 3), (2, 2), (1, 1))
+    np.testing.assert_allclose(
+        apply(extract, x), lax_patches(x, (3, 3), (2, 2), pairs, (1, 1)), atol=1e-6
+    )
     # Static configuration, no leaves; readable repr.
     assert jax.tree_util.tree_leaves(extract) == []
+    assert jax.tree_util.tree_leaves(fold) == []
     assert "ExtractPatches" in repr(extract)
 
 

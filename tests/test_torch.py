@@ -17,20 +17,13 @@ import torch
 
 import eqxconv
 
-from .helpers import transpose_weight_layout
-
-
-@eqx.filter_jit
-def apply(layer, x):
-    return layer(x)
+from .cases import conv, conv_transpose
+from .helpers import apply, as_tuple
+from .oracles import transpose_weight_layout
 
 
 def _close(actual, expected):
     np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
-
-
-def _spatial(size, n):
-    return (size,) * n if isinstance(size, int) else tuple(size)
 
 
 def _input(seed, shape, dtype: Any = np.float32):
@@ -66,37 +59,62 @@ def _assert_same_params(torch_module, weight, bias):
         assert np.array_equal(torch_module.bias.detach().numpy(), bias)
 
 
+def _single_or_sequential(back, single: bool, torch_class, children: list[str]):
+    """The convolution of the module `to_torch` returned, having checked that it is
+    one `torch_class` if `single`, else a `Sequential` of `children`."""
+    if single:
+        assert type(back) is torch_class
+        return back
+    assert isinstance(back, torch.nn.Sequential)
+    assert [name for name, _ in back.named_children()] == children
+    return back.get_submodule("conv")
+
+
 # ----------------------------------------------------------------------------------
 # Conv
 # ----------------------------------------------------------------------------------
 
-# (n, in, out, kernel, stride, padding, dilation, groups, bias, padding_mode, size)
-CONV_CONFIGS = [
-    (1, 3, 4, 3, 1, 1, 1, 1, True, "zeros", 9),
-    (1, 4, 6, 4, 2, 2, 2, 2, False, "reflect", 11),
-    (1, 2, 2, 4, 1, "same", 3, 2, True, "circular", 10),  # even kernel: odd total
-    (1, 3, 3, 5, 3, "valid", 1, 3, True, "replicate", 12),
-    (1, 2, 4, 3, 1, "same", 1, 1, True, "reflect", 6),
-    (2, 4, 6, 3, 2, (1, 2), (2, 1), 2, True, "zeros", (9, 8)),
-    (2, 3, 4, (2, 3), 1, "same", (2, 1), 1, False, "zeros", (7, 6)),
-    (2, 2, 4, 3, (1, 2), (2, 1), 1, 1, True, "reflect", (6, 7)),
-    (2, 4, 4, 3, 1, "same", 2, 4, True, "replicate", (7, 5)),  # depthwise
-    (2, 3, 2, (3, 2), (2, 1), "valid", 1, 1, True, "circular", (8, 6)),
-    (2, 2, 3, 2, 2, 1, 1, 1, True, "circular", (6, 5)),
-    (3, 2, 4, 3, 2, 1, 1, 2, True, "zeros", (5, 6, 4)),
-    (3, 2, 2, (2, 3, 1), 1, "same", (1, 1, 2), 1, True, "reflect", (4, 5, 3)),
-    (3, 3, 3, 2, (1, 2, 1), (1, 0, 1), (2, 1, 1), 3, False, "replicate", 4),
-    (3, 2, 2, 3, 1, "valid", 1, 1, True, "circular", (4, 5, 3)),
-]
+CONV_CASES = [
+    conv((9,), in_channels=3, out_channels=4, padding=1),
+    conv((11,), in_channels=4, out_channels=6, kernel_size=4, stride=2, padding=2,
+         dilation=2, groups=2, use_bias=False, padding_mode="REFLECT"),
+    conv((10,), kernel_size=4, padding="same", dilation=3, groups=2,
+         padding_mode="CIRCULAR"),  # even kernel: odd total
+    conv((12,), in_channels=3, out_channels=3, kernel_size=5, stride=3,
+         padding="valid", groups=3, padding_mode="REPLICATE"),
+    conv((6,), out_channels=4, padding="same", padding_mode="REFLECT"),
+    conv((9, 8), in_channels=4, out_channels=6, stride=2, padding=(1, 2),
+         dilation=(2, 1), groups=2),
+    conv((7, 6), in_channels=3, out_channels=4, kernel_size=(2, 3), padding="same",
+         dilation=(2, 1), use_bias=False),
+    conv((6, 7), out_channels=4, stride=(1, 2), padding=(2, 1),
+         padding_mode="REFLECT"),
+    conv((7, 5), in_channels=4, out_channels=4, padding="same", dilation=2,
+         groups=4, padding_mode="REPLICATE"),  # depthwise
+    conv((8, 6), in_channels=3, kernel_size=(3, 2), stride=(2, 1), padding="valid",
+         padding_mode="CIRCULAR"),
+    conv((6, 5), out_channels=3, kernel_size=2, stride=2, padding=1,
+         padding_mode="CIRCULAR"),
+    conv((5, 6, 4), out_channels=4, stride=2, padding=1, groups=2),
+    conv((4, 5, 3), kernel_size=(2, 3, 1), padding="same", dilation=(1, 1, 2),
+         padding_mode="REFLECT"),
+    conv((4, 4, 4), in_channels=3, out_channels=3, kernel_size=2, stride=(1, 2, 1),
+         padding=(1, 0, 1), dilation=(2, 1, 1), groups=3, use_bias=False,
+         padding_mode="REPLICATE"),
+    conv((4, 5, 3), padding="valid", padding_mode="CIRCULAR"),
+]  # fmt: skip
 TORCH_CONV = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d, 3: torch.nn.Conv3d}
 
 
-@pytest.mark.parametrize("config", CONV_CONFIGS, ids=str)
-def test_conv_from_torch_and_back(config):
-    n, cin, cout, k, s, p, d, g, bias, mode, size = config
-    module = TORCH_CONV[n](cin, cout, k, s, p, d, g, bias, mode)
-    module = _randomise(module, seed=len(CONV_CONFIGS) + n)
-    x = _input(0, (cin, *_spatial(size, n)))
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: c.id)
+def test_conv_from_torch_and_back(case):
+    n, mode = case.n, case.padding_mode.lower()
+    module = TORCH_CONV[n](
+        case.in_channels, case.out_channels, case.kernel_size, case.stride,
+        case.padding, case.dilation, case.groups, case.use_bias, mode,
+    )  # fmt: skip
+    module = _randomise(module, seed=len(CONV_CASES) + n)
+    x = _input(0, (case.in_channels, *case.spatial))
     expected = _torch_out(module, x)
 
     layer = eqxconv.from_torch(module)
@@ -123,41 +141,51 @@ def test_conv_from_torch_and_back(config):
 
 # Layers torch cannot express with its own padding: (n, kernel, stride, padding,
 # dilation, padding_mode, size, single torch module?)
-CONV_EXPORT_CONFIGS = [
-    (1, 4, 1, "SAME_LOWER", 1, "ZEROS", 7, False),
-    (1, 3, 1, "SAME_LOWER", 2, "REFLECT", 7, True),  # even total: symmetric
-    (1, 3, 1, "CAUSAL", 2, "REPLICATE", 8, False),
-    (1, 1, 1, "CAUSAL", 1, "ZEROS", 5, True),
-    (1, 3, 2, [(2, 0)], 1, "CIRCULAR", 9, False),
-    (1, 3, 2, "SAME", 1, "REFLECT", 9, True),  # total 2 at size 9
-    (1, 3, 2, "SAME", 1, "ZEROS", 8, False),  # total 1 at size 8
-    (2, 3, 1, "CAUSAL", (1, 2), "CIRCULAR", (6, 7), False),
-    (2, (2, 3), 2, "SAME", 1, "REPLICATE", (7, 8), False),
-    (2, 3, (2, 1), "SAME_LOWER", 1, "ZEROS", (8, 6), False),
-    (2, 3, 1, [(0, 2), (1, 1)], 1, "REFLECT", (5, 6), False),
-    (2, 3, 1, "CIRCULAR", 1, "CIRCULAR", (5, 6), True),
-    (3, 2, 1, "SAME_LOWER", 1, "REFLECT", (4, 5, 3), False),
-    (3, 3, 2, [(1, 0), (0, 1), (2, 2)], 1, "ZEROS", (5, 4, 4), False),
+# Layers torch expresses as one module of its own ...
+CONV_EXPORT_SINGLE = [
+    conv((7,), out_channels=4, groups=2, padding="SAME_LOWER", dilation=2,
+         padding_mode="REFLECT"),  # even total: symmetric
+    conv((5,), out_channels=4, groups=2, kernel_size=1, padding="CAUSAL"),
+    conv((9,), out_channels=4, groups=2, stride=2, padding="SAME",
+         padding_mode="REFLECT"),  # total 2 at size 9
+    conv((5, 6), out_channels=4, groups=2, padding="CIRCULAR"),
+]  # fmt: skip
+# ... and those it needs a pad module for.
+CONV_EXPORT_SEQUENTIAL = [
+    conv((7,), out_channels=4, groups=2, kernel_size=4, padding="SAME_LOWER"),
+    conv((8,), out_channels=4, groups=2, padding="CAUSAL", dilation=2,
+         padding_mode="REPLICATE"),
+    conv((9,), out_channels=4, groups=2, stride=2, padding=[(2, 0)],
+         padding_mode="CIRCULAR"),
+    conv((8,), out_channels=4, groups=2, stride=2,
+         padding="SAME"),  # total 1 at size 8
+    conv((6, 7), out_channels=4, groups=2, padding="CAUSAL", dilation=(1, 2),
+         padding_mode="CIRCULAR"),
+    conv((7, 8), out_channels=4, groups=2, kernel_size=(2, 3), stride=2,
+         padding="SAME", padding_mode="REPLICATE"),
+    conv((8, 6), out_channels=4, groups=2, stride=(2, 1), padding="SAME_LOWER"),
+    conv((5, 6), out_channels=4, groups=2, padding=[(0, 2), (1, 1)],
+         padding_mode="REFLECT"),
+    conv((4, 5, 3), out_channels=4, groups=2, kernel_size=2, padding="SAME_LOWER",
+         padding_mode="REFLECT"),
+    conv((5, 4, 4), out_channels=4, groups=2, stride=2,
+         padding=[(1, 0), (0, 1), (2, 2)]),
+]  # fmt: skip
+CONV_EXPORT_CASES = [(c, True) for c in CONV_EXPORT_SINGLE] + [
+    (c, False) for c in CONV_EXPORT_SEQUENTIAL
 ]
 
 
-@pytest.mark.parametrize("config", CONV_EXPORT_CONFIGS, ids=str)
-def test_conv_to_torch_explicit_padding(config, getkey):
-    n, k, s, p, d, mode, size, single = config
-    padding_mode = "ZEROS" if p == "CIRCULAR" else mode
-    layer = eqxconv.Conv(
-        n, 2, 4, k, s, p, d, groups=2, padding_mode=padding_mode, key=getkey()
-    )
-    spatial = _spatial(size, n)
+@pytest.mark.parametrize(
+    "case, single", CONV_EXPORT_CASES, ids=[c.id for c, _ in CONV_EXPORT_CASES]
+)
+def test_conv_to_torch_explicit_padding(case, single, getkey):
+    n, spatial = case.n, case.spatial
+    layer = case.build(getkey())
     x = _input(1, (2, *spatial))
     back = eqxconv.to_torch(layer, in_spatial_shape=spatial)
-    if single:
-        assert type(back) is TORCH_CONV[n]
-        conv = back
-    else:
-        assert isinstance(back, torch.nn.Sequential)
-        assert [name for name, _ in back.named_children()] == ["pad", "conv"]
-        conv = back.get_submodule("conv")
+    conv = _single_or_sequential(back, single, TORCH_CONV[n], ["pad", "conv"])
+    if not single:
         assert conv.padding == (0,) * n
     _assert_same_params(conv, np.asarray(layer.weight), _bias_flat(layer))
     expected = _torch_out(back, x)
@@ -181,17 +209,24 @@ def test_conv_to_torch_explicit_padding(config, getkey):
 # ConvTranspose
 # ----------------------------------------------------------------------------------
 
-# (n, in, out, kernel, stride, padding, output_padding, dilation, groups, bias, size)
-TRANSPOSE_CONFIGS = [
-    (1, 4, 6, 5, 3, 2, 1, 2, 2, True, 7),
-    (1, 2, 3, 3, 1, 1, 2, 3, 1, True, 6),  # output_padding >= stride
-    (1, 3, 3, 4, 2, 0, 0, 1, 3, False, 5),
-    (2, 4, 6, 3, (2, 3), (1, 2), (1, 2), (1, 2), 2, True, (5, 6)),
-    (2, 2, 4, (2, 3), 2, 0, 1, 1, 1, True, (4, 5)),
-    (2, 6, 4, 3, 1, 2, 0, 1, 2, False, (5, 4)),  # padding > extent - 1: a crop
-    (3, 2, 4, 3, 2, 1, 1, 1, 1, True, (4, 3, 5)),
-    (3, 4, 4, (2, 3, 1), (2, 1, 3), (0, 1, 0), (1, 0, 2), (1, 2, 1), 2, True, 3),
-]
+TRANSPOSE_CASES = [
+    conv_transpose((7,), in_channels=4, out_channels=6, kernel_size=5, stride=3,
+                   padding=2, output_padding=1, dilation=2, groups=2),
+    conv_transpose((6,), out_channels=3, padding=1, output_padding=2,
+                   dilation=3),  # output_padding >= stride
+    conv_transpose((5,), in_channels=3, out_channels=3, kernel_size=4, stride=2,
+                   groups=3, use_bias=False),
+    conv_transpose((5, 6), in_channels=4, out_channels=6, stride=(2, 3),
+                   padding=(1, 2), output_padding=(1, 2), dilation=(1, 2), groups=2),
+    conv_transpose((4, 5), out_channels=4, kernel_size=(2, 3), stride=2,
+                   output_padding=1),
+    conv_transpose((5, 4), in_channels=6, out_channels=4, padding=2, groups=2,
+                   use_bias=False),  # padding > extent - 1: a crop
+    conv_transpose((4, 3, 5), out_channels=4, stride=2, padding=1, output_padding=1),
+    conv_transpose((3, 3, 3), in_channels=4, out_channels=4, kernel_size=(2, 3, 1),
+                   stride=(2, 1, 3), padding=(0, 1, 0), output_padding=(1, 0, 2),
+                   dilation=(1, 2, 1), groups=2),
+]  # fmt: skip
 TORCH_TRANSPOSE = {
     1: torch.nn.ConvTranspose1d,
     2: torch.nn.ConvTranspose2d,
@@ -199,17 +234,20 @@ TORCH_TRANSPOSE = {
 }
 
 
-@pytest.mark.parametrize("config", TRANSPOSE_CONFIGS, ids=str)
-def test_conv_transpose_from_torch_and_back(config):
-    n, cin, cout, k, s, p, a, d, g, bias, size = config
-    module = TORCH_TRANSPOSE[n](cin, cout, k, s, p, a, g, bias, d)
+@pytest.mark.parametrize("case", TRANSPOSE_CASES, ids=lambda c: c.id)
+def test_conv_transpose_from_torch_and_back(case):
+    n, cin, cout, g = case.n, case.in_channels, case.out_channels, case.groups
+    module = TORCH_TRANSPOSE[n](
+        cin, cout, case.kernel_size, case.stride, case.padding, case.output_padding,
+        g, case.use_bias, case.dilation,
+    )  # fmt: skip
     module = _randomise(module, seed=n)
-    x = _input(2, (cin, *_spatial(size, n)))
+    x = _input(2, (cin, *case.spatial))
     expected = _torch_out(module, x)
 
     layer = eqxconv.from_torch(module)
     assert isinstance(layer, eqxconv.ConvTranspose)
-    assert layer.weight.shape == (cout, cin // g, *_spatial(k, n))
+    assert layer.weight.shape == (cout, cin // g, *case.tuple_of("kernel_size"))
     out = np.asarray(apply(layer, jnp.asarray(x)))
     assert out.shape == expected.shape
     _close(out, expected)
@@ -218,40 +256,55 @@ def test_conv_transpose_from_torch_and_back(config):
     bias_ = None if module.bias is None else module.bias.detach().numpy()
     back = eqxconv.to_torch(layer)
     assert type(back) is TORCH_TRANSPOSE[n]
-    assert tuple(back.output_padding) == _spatial(a, n)
+    assert tuple(back.output_padding) == case.tuple_of("output_padding")
     _assert_same_params(back, weight, bias_)
     _close(_torch_out(back, x), expected)
 
 
 # (n, kernel, stride, padding, output_padding, dilation, size, single?)
-TRANSPOSE_EXPORT_CONFIGS = [
-    (1, 4, 3, "SAME", 2, 1, 5, False),  # total 3: (1, 2)
-    (1, 2, 5, "SAME", 1, 1, 4, True),  # stride > extent: output padding remains
-    (1, 3, 2, "SAME_LOWER", 0, 2, 5, False),
-    (1, 3, 2, "CAUSAL", 1, 1, 5, False),
-    (1, 5, 2, [(3, 1)], 1, 2, 6, False),
-    (1, 3, 2, "VALID", 1, 1, 4, True),
-    (2, 3, (2, 1), "SAME", 0, 2, (5, 4), False),
-    (2, 4, 2, "SAME_LOWER", 1, 1, (3, 4), False),
-    (2, (3, 2), (1, 2), [(0, 2), (1, 0)], (0, 1), 1, (4, 5), False),
-    (3, 3, 2, "SAME", 1, 1, (3, 2, 3), True),
-    (3, 2, 1, "CAUSAL", 0, (1, 2, 1), (3, 4, 3), False),
+TRANSPOSE_EXPORT_SINGLE = [
+    conv_transpose((4,), in_channels=4, groups=2, kernel_size=2, stride=5,
+                   padding="SAME",
+                   output_padding=1),  # stride > extent: output padding remains
+    conv_transpose((4,), in_channels=4, groups=2, stride=2, padding="VALID",
+                   output_padding=1),
+    conv_transpose((3, 2, 3), in_channels=4, groups=2, stride=2, padding="SAME",
+                   output_padding=1),
+]  # fmt: skip
+TRANSPOSE_EXPORT_SEQUENTIAL = [
+    conv_transpose((5,), in_channels=4, groups=2, kernel_size=4, stride=3,
+                   padding="SAME", output_padding=2),  # total 3: (1, 2)
+    conv_transpose((5,), in_channels=4, groups=2, stride=2, padding="SAME_LOWER",
+                   dilation=2),
+    conv_transpose((5,), in_channels=4, groups=2, stride=2, padding="CAUSAL",
+                   output_padding=1),
+    conv_transpose((6,), in_channels=4, groups=2, kernel_size=5, stride=2,
+                   padding=[(3, 1)], output_padding=1, dilation=2),
+    conv_transpose((5, 4), in_channels=4, groups=2, stride=(2, 1), padding="SAME",
+                   dilation=2),
+    conv_transpose((3, 4), in_channels=4, groups=2, kernel_size=4, stride=2,
+                   padding="SAME_LOWER", output_padding=1),
+    conv_transpose((4, 5), in_channels=4, groups=2, kernel_size=(3, 2),
+                   stride=(1, 2), padding=[(0, 2), (1, 0)], output_padding=(0, 1)),
+    conv_transpose((3, 4, 3), in_channels=4, groups=2, kernel_size=2,
+                   padding="CAUSAL", dilation=(1, 2, 1)),
+]  # fmt: skip
+TRANSPOSE_EXPORT_CASES = [(c, True) for c in TRANSPOSE_EXPORT_SINGLE] + [
+    (c, False) for c in TRANSPOSE_EXPORT_SEQUENTIAL
 ]
 
 
-@pytest.mark.parametrize("config", TRANSPOSE_EXPORT_CONFIGS, ids=str)
-def test_conv_transpose_to_torch_explicit_padding(config, getkey):
-    n, k, s, p, a, d, size, single = config
-    layer = eqxconv.ConvTranspose(n, 4, 2, k, s, p, a, d, groups=2, key=getkey())
-    x = _input(3, (4, *_spatial(size, n)))
+@pytest.mark.parametrize(
+    "case, single",
+    TRANSPOSE_EXPORT_CASES,
+    ids=[c.id for c, _ in TRANSPOSE_EXPORT_CASES],
+)
+def test_conv_transpose_to_torch_explicit_padding(case, single, getkey):
+    n = case.n
+    layer = case.build(getkey())
+    x = _input(3, (4, *case.spatial))
     back = eqxconv.to_torch(layer)
-    if single:
-        assert type(back) is TORCH_TRANSPOSE[n]
-        conv = back
-    else:
-        assert isinstance(back, torch.nn.Sequential)
-        assert [name for name, _ in back.named_children()] == ["conv", "crop"]
-        conv = back.get_submodule("conv")
+    conv = _single_or_sequential(back, single, TORCH_TRANSPOSE[n], ["conv", "crop"])
     expected = _torch_out(back, x)
     out = np.asarray(apply(layer, jnp.asarray(x)))
     assert out.shape == expected.shape
@@ -303,7 +356,7 @@ def test_fold_from_torch_and_back(config):
     layer = eqxconv.from_torch(module)
     assert isinstance(layer, eqxconv.FoldPatches)
     grid = layer.in_spatial_shape
-    kk = np.prod(_spatial(k, 2))
+    kk = np.prod(as_tuple(k, 2))
     patches = _input(5, (2 * kk, *grid))
     expected = _torch_out(module, patches.reshape(2 * kk, -1))
     out = np.asarray(apply(layer, jnp.asarray(patches)))
