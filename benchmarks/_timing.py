@@ -35,6 +35,28 @@ def median_time(
     return statistics.median(times)
 
 
+def interleaved_median_times(
+    calls: dict[str, tuple[Callable[..., Any], tuple[Any, ...]]],
+    *,
+    repeats: int = 15,
+    warmup: int = 2,
+    sync: Callable[[Any], Any] = _block,
+) -> dict[str, float]:
+    """Median wall time in seconds of each `fn(*args)` in `calls`, timed in turns
+    (one call of each per round) so that a change in the machine's load falls on all
+    of them alike, not on whichever ran last."""
+    for fn, args in calls.values():
+        for _ in range(warmup):
+            sync(fn(*args))
+    times: dict[str, list[float]] = {label: [] for label in calls}
+    for _ in range(repeats):
+        for label, (fn, args) in calls.items():
+            start = time.perf_counter()
+            sync(fn(*args))
+            times[label].append(time.perf_counter() - start)
+    return {label: statistics.median(ts) for label, ts in times.items()}
+
+
 def compile_seconds(fn: Callable[..., Any], *args: Any, repeats: int = 3) -> float:
     """Cold lowering + compile time of `jax.jit(fn)` on `args` (caches cleared before
     each try), the median of `repeats` tries: one cold compile varies by 1.5x here."""
@@ -84,12 +106,12 @@ class Table:
         print(f"\n== {self.title} (ratios are time / {self.reference}) ==", flush=True)
 
 
-def markdown(tables: Sequence[Table], unit: str = "ms") -> str:
+def markdown(tables: Sequence[Table], unit: str = "ms", quantity: str = "time") -> str:
     """All tables as one Markdown table per title, for notes and docs."""
     lines = []
     for table in tables:
         names = list(dict.fromkeys(n for _, t in table.rows for n in t))
-        lines += [f"\n**{table.title}** (ratio: time / {table.reference})\n"]
+        lines += [f"\n**{table.title}** (ratio: {quantity} / {table.reference})\n"]
         lines += ["| case | " + " | ".join(names) + " |"]
         lines += ["|---" * (len(names) + 1) + "|"]
         for case, timings in table.rows:

@@ -10,7 +10,9 @@ kernels 1-15, small and large sizes, 1D/2D/3D; and strided/unstrided transposed
 convolutions. The shift lowering is timed only where its unrolled products per
 output stay small (beyond them it is never chosen, and its compile grows with them).
 
-Run: `python -m benchmarks.auto [--quick]` (`--quick`: every third row, 3 repeats).
+The impls of a row are timed in turns, one call each per round, so that a change in
+the machine's load falls on all of them alike. Run: `python -m benchmarks.auto
+[--quick]` (`--quick`: every third row, 5 repeats).
 """
 
 import argparse
@@ -23,7 +25,12 @@ import jax.numpy as jnp
 import jax.random as jr
 
 import eqxconv
-from benchmarks._timing import compile_seconds, markdown, median_time, Table
+from benchmarks._timing import (
+    compile_seconds,
+    interleaved_median_times,
+    markdown,
+    Table,
+)
 from eqxconv._args import CONV_IMPLS, normalise_padding, TRANSPOSE_IMPLS
 from eqxconv._choose import choose_conv_impl, choose_transpose_impl
 from eqxconv._geometry import output_shape, resolve_padding
@@ -196,12 +203,16 @@ def measure(row: Row, repeats: int, tables: dict[str, Table]) -> None:
         return jnp.sum(jax.vmap(layer)(x) ** 2)
 
     timings: dict[str, dict[str, float]] = {title: {} for title in tables}
-    for impl in ["auto", *_impls(row)]:
-        layer = _layer(row, impl)
-        for title, loss in (("sum(y * r)", linear), ("sum(y ** 2)", square)):
-            # The gradient with respect to the layer's arrays and the input.
-            grad = eqx.filter_jit(eqx.filter_grad(loss))
-            timings[title][impl] = median_time(grad, (layer, x), repeats=repeats)
+    layers = {impl: _layer(row, impl) for impl in ["auto", *_impls(row)]}
+    for title, loss in (("sum(y * r)", linear), ("sum(y ** 2)", square)):
+        # The gradient with respect to the layer's arrays and the input; every impl
+        # in turn, one call each per round, so that load shifts fall on all alike.
+        grad = eqx.filter_jit(eqx.filter_grad(loss))
+        timings[title] = interleaved_median_times(
+            {impl: (grad, ((layer, x),)) for impl, layer in layers.items()},
+            repeats=repeats,
+        )
+    for impl, layer in layers.items():
         params, static = eqx.partition(layer, eqx.is_array)
 
         def cold(params, x, static=static):
@@ -225,7 +236,7 @@ def main() -> None:
     parser.add_argument("--only", choices=("conv", "transpose"))
     parser.add_argument("--match", help="only the rows whose name contains this")
     args = parser.parse_args()
-    repeats = 3 if args.quick else 7
+    repeats = 5 if args.quick else 11
     groups = {"conv": _conv_rows(), "transpose": _transpose_rows()}
     for family, rows in groups.items():
         if args.only and args.only != family:

@@ -5,9 +5,10 @@ Each model is a list of layers applied with ReLU between them (and residual sums
 where the architecture has them), trained on a mean-squared error: the step is
 `eqx.filter_jit(eqx.filter_value_and_grad(mse))`, batched with `jax.vmap`. Reported:
 
-- step: the median steady time of a compiled step;
+- step: the median steady time of a compiled step, eqxconv and equinox taking turns
+  (one step each per round, so that the machine's load falls on both alike);
 - first call: trace + lower + compile of a fresh step (caches cleared), the median of
-  fresh tries, which is what a user waits for before the first step;
+  fresh tries taken in turns, which is what a user waits for before the first step;
 - peak: the memory XLA plans for the step (arguments + outputs + temporaries);
 - torch: the same model built with `eqxconv.to_torch` from the same layers, one
   forward+backward on the same batch (CPU, its default threads).
@@ -29,7 +30,13 @@ import jax.numpy as jnp
 import jax.random as jr
 
 import eqxconv
-from benchmarks._timing import markdown, median_time, peak_bytes, Table
+from benchmarks._timing import (
+    interleaved_median_times,
+    markdown,
+    median_time,
+    peak_bytes,
+    Table,
+)
 
 
 @dataclass(frozen=True)
@@ -202,16 +209,20 @@ def _mse(model: Model, x: jax.Array, target: jax.Array) -> jax.Array:
     return jnp.mean((jax.vmap(model)(x) - target) ** 2)
 
 
-def _first_call_seconds(model: Model, x, target, repeats: int) -> float:
-    """Trace + compile of a fresh `eqx.filter_jit` step, caches cleared each try."""
-    times = []
+def _first_call_seconds(
+    models: dict[str, Model], x, target, repeats: int
+) -> dict[str, float]:
+    """Trace + compile of a fresh `eqx.filter_jit` step per model, caches cleared
+    before each try, the models taking turns; the median of `repeats` tries."""
+    times: dict[str, list[float]] = {label: [] for label in models}
     for _ in range(repeats):
-        jax.clear_caches()
-        step: Any = eqx.filter_jit(eqx.filter_value_and_grad(_mse))
-        start = time.perf_counter()
-        step.lower(model, x, target).compile()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for label, model in models.items():
+            jax.clear_caches()
+            step: Any = eqx.filter_jit(eqx.filter_value_and_grad(_mse))
+            start = time.perf_counter()
+            step.lower(model, x, target).compile()
+            times[label].append(time.perf_counter() - start)
+    return {label: statistics.median(ts) for label, ts in times.items()}
 
 
 def _torch_step_seconds(layers, blocks, final, x, target, repeats: int) -> float:
@@ -239,7 +250,7 @@ def main() -> None:
     parser.add_argument("--only", help="run the models whose name contains this")
     parser.add_argument("--no-torch", action="store_true")
     args = parser.parse_args()
-    repeats, compiles = (3, 1) if args.quick else (10, 3)
+    repeats, compiles = (5, 1) if args.quick else (20, 3)
     tables = {
         title: Table(title, "equinox") for title in ("step", "first call", "peak")
     }
@@ -252,11 +263,15 @@ def main() -> None:
         theirs = Model([to_equinox(layer) for layer in layers], blocks, final)
         x = jr.normal(jr.key(1), (batch, *in_shape))
         target = jr.normal(jr.key(2), jax.eval_shape(jax.vmap(ours), x).shape)
-        step_times, first_calls, peaks = {}, {}, {}
-        for label, model in (("eqxconv", ours), ("equinox", theirs)):
-            step = eqx.filter_jit(eqx.filter_value_and_grad(_mse))
-            step_times[label] = median_time(step, model, x, target, repeats=repeats)
-            first_calls[label] = _first_call_seconds(model, x, target, compiles)
+        models = {"eqxconv": ours, "equinox": theirs}
+        step = eqx.filter_jit(eqx.filter_value_and_grad(_mse))
+        step_times = interleaved_median_times(
+            {label: (step, (model, x, target)) for label, model in models.items()},
+            repeats=repeats,
+        )
+        first_calls = _first_call_seconds(models, x, target, compiles)
+        peaks = {}
+        for label, model in models.items():
             params, static = eqx.partition(model, eqx.is_array)
 
             def loss(params, x, target, static=static):
@@ -274,7 +289,7 @@ def main() -> None:
         tables["peak"].add(name, peaks)
     print(f"backend: {jax.default_backend()}, devices: {jax.devices()}")
     print(markdown([tables["step"], tables["first call"]]))
-    print(markdown([tables["peak"]], unit="MiB"))
+    print(markdown([tables["peak"]], unit="MiB", quantity="memory"))
 
 
 if __name__ == "__main__":
