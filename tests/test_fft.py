@@ -77,16 +77,12 @@ def _setup(case: LayerCase, key, dtype=jnp.float32, batch=2):
     kernel = case.tuple_of("kernel_size")
     xs = normal(kx, (batch, case.in_channels, *case.spatial))
     w = normal(kw, (case.out_channels, case.in_channels // case.groups, *kernel))
-    window = dict(
-        stride=case.tuple_of("stride"),
-        dilation=case.tuple_of("dilation"),
-        groups=case.groups,
-    )
+    stride = case.tuple_of("stride")
+    dilation = case.tuple_of("dilation")
     input_dilation = case.tuple_of("input_dilation")
     pairs = explicit_pairs(
-        case.padding, case.spatial, kernel, window["stride"], window["dilation"],
-        input_dilation,
-    )  # fmt: skip
+        case.padding, case.spatial, kernel, stride, dilation, input_dilation
+    )
     mode = explicit_mode(case.padding, case.padding_mode)
 
     def ours(x, w):
@@ -97,13 +93,16 @@ def _setup(case: LayerCase, key, dtype=jnp.float32, batch=2):
             padding_mode=case.padding_mode,
             input_dilation=input_dilation,
             impl="fft",
-            **window,
+            stride=stride,
+            dilation=dilation,
+            groups=case.groups,
         )
 
     def oracle(x, w):
         return lax_conv(
-            x, w, pairs=pairs, mode=mode, input_dilation=input_dilation, **window
-        )
+            x, w, stride=stride, pairs=pairs, dilation=dilation, groups=case.groups,
+            mode=mode, input_dilation=input_dilation,
+        )  # fmt: skip
 
     out_spatial = jax.eval_shape(oracle, xs[0], w).shape[1:]
     r = normal(kr, (batch, case.out_channels, *out_spatial))

@@ -19,10 +19,10 @@ from jax.test_util import check_grads
 
 import eqxconv
 
-from .helpers import (
+from .oracles import (
+    explicit_pairs,
     lax_local,
-    NP_PAD_MODES,
-    oracle_pairs,
+    PAD_MODES,
     torch_conv_transpose,
     transpose_weight_layout,
 )
@@ -38,7 +38,9 @@ def conv_matrix(weight, in_shape, *, stride, pairs, dilation, groups, mode):
     vector padded by `np.pad`, then a VALID `lax.conv_general_dilated`."""
     weight = np.asarray(weight)
     basis = _basis(weight.shape[1] * groups, in_shape, weight.dtype)
-    padded = np.pad(basis, [(0, 0), (0, 0), *pairs], mode=cast(Any, NP_PAD_MODES[mode]))
+    padded = np.pad(
+        basis, [(0, 0), (0, 0), *pairs], mode=cast(Any, PAD_MODES[mode].numpy)
+    )
     out = lax.conv_general_dilated(
         jnp.asarray(padded), jnp.asarray(weight), tuple(stride), "VALID",
         rhs_dilation=tuple(dilation), feature_group_count=groups,
@@ -53,7 +55,7 @@ def _weight(layer) -> np.ndarray:
 
 
 def _conv_oracle(layer, in_shape):
-    pairs = oracle_pairs(
+    pairs = explicit_pairs(
         layer.padding, in_shape, layer.kernel_size, layer.stride, layer.dilation
     )
     return conv_matrix(
@@ -80,7 +82,7 @@ def _transpose_oracle_adjoint(layer, in_shape):
     """The transpose of the equivalent forward convolution's matrix, on the
     transposed layer's output shape (any padding mode)."""
     out_shape = layer.out_spatial_shape(in_shape)
-    pairs = oracle_pairs(
+    pairs = explicit_pairs(
         layer.padding, out_shape, layer.kernel_size, layer.stride, layer.dilation
     )
     forward = conv_matrix(
@@ -93,7 +95,7 @@ def _transpose_oracle_adjoint(layer, in_shape):
 
 
 def _local_oracle(layer, in_shape):
-    pairs = oracle_pairs(
+    pairs = explicit_pairs(
         layer.padding, in_shape, layer.kernel_size, layer.stride, layer.dilation
     )
     out = jax.vmap(
