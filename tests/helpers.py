@@ -25,3 +25,17 @@ def with_parameters(layer, weight, bias):
 def uses_lax_conv(f, *args) -> bool:
     """Whether `f(*args)` traces to XLA's convolution."""
     return "conv_general_dilated" in str(jax.make_jaxpr(f)(*args))
+
+
+def value_vjp_jvp(f):
+    """`f` mapped over a batch of inputs `xs` with one weight `w`: its value, its VJP
+    for the cotangent `r` and its JVP along `(dxs, dw)`, in one jitted call."""
+
+    @jax.jit
+    def run(xs, w, r, dxs, dw):
+        batched = jax.vmap(f, in_axes=(0, None))
+        y, vjp = jax.vjp(batched, xs, w)
+        _, ty = jax.jvp(batched, (xs, w), (dxs, dw))
+        return y, vjp(r), ty
+
+    return run

@@ -25,21 +25,22 @@ LONG_1D: dict[str, Any] = dict(
     out_shape=(4096,),
     input_dilation=(1,),
 )
+# A 3x3 depthwise convolution of 8 channels at 16x16 ('SAME').
+DEPTHWISE_3X3: dict[str, Any] = dict(
+    in_channels=8,
+    out_channels=8,
+    groups=8,
+    kernel_size=(3, 3),
+    padded_shape=(18, 18),
+    out_shape=(16, 16),
+    input_dilation=(1, 1),
+)
 
 
 @pytest.mark.parametrize("backend", ["gpu", "tpu"])
 def test_off_cpu_auto_is_lax(monkeypatch, backend):
     monkeypatch.setattr(_choose.jax, "default_backend", lambda: backend)
-    depthwise: dict[str, Any] = dict(
-        in_channels=8,
-        out_channels=8,
-        groups=8,
-        kernel_size=(3, 3),
-        padded_shape=(18, 18),
-        out_shape=(16, 16),
-        input_dilation=(1, 1),
-    )
-    assert _choose.choose_conv_impl(**depthwise, dtype=jnp.float32) == "xla"
+    assert _choose.choose_conv_impl(**DEPTHWISE_3X3, dtype=jnp.float32) == "xla"
     assert _choose.choose_conv_impl(**LONG_1D, dtype=jnp.float32) == "xla"
     assert _choose.choose_transpose_impl((4, 4), (2, 2), (1, 1)) == "lhs_dilation"
     # Patches are data movement on every backend.
@@ -48,17 +49,8 @@ def test_off_cpu_auto_is_lax(monkeypatch, backend):
 
 def test_on_cpu_auto_keeps_its_measured_lowerings(monkeypatch):
     monkeypatch.setattr(_choose.jax, "default_backend", lambda: "cpu")
-    depthwise: dict[str, Any] = dict(
-        in_channels=8,
-        out_channels=8,
-        groups=8,
-        kernel_size=(3, 3),
-        padded_shape=(18, 18),
-        out_shape=(16, 16),
-        input_dilation=(1, 1),
-    )
-    assert _choose.choose_conv_impl(**depthwise, dtype=jnp.float32) == "shift"
-    assert _choose.choose_conv_impl(**depthwise, dtype=jnp.complex64) == "xla"
+    assert _choose.choose_conv_impl(**DEPTHWISE_3X3, dtype=jnp.float32) == "shift"
+    assert _choose.choose_conv_impl(**DEPTHWISE_3X3, dtype=jnp.complex64) == "xla"
     # The shift lowering takes at most 25 kernel taps and 49 products per output;
     # beyond, grouped convolutions take the FFT from 30 taps per input position.
     for kernel_size, padded, out, impl in (
@@ -68,10 +60,10 @@ def test_on_cpu_auto_keeps_its_measured_lowerings(monkeypatch):
         ((25,), (280,), (256,), "shift"),
     ):
         args = dict(
-            depthwise, kernel_size=kernel_size, padded_shape=padded, out_shape=out
+            DEPTHWISE_3X3, kernel_size=kernel_size, padded_shape=padded, out_shape=out
         )
         assert _choose.choose_conv_impl(**args, dtype=jnp.float32) == impl, args
-    four_per_group = dict(depthwise, in_channels=32, dtype=jnp.float32)
+    four_per_group = dict(DEPTHWISE_3X3, in_channels=32, dtype=jnp.float32)
     assert _choose.choose_conv_impl(**four_per_group) == "shift"
     four_per_group_5x5 = dict(four_per_group, kernel_size=(5, 5), padded_shape=(20, 20))
     assert _choose.choose_conv_impl(**four_per_group_5x5) == "xla"

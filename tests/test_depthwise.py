@@ -16,7 +16,7 @@ import pytest
 import eqxconv
 
 from .cases import conv, LayerCase
-from .helpers import uses_lax_conv
+from .helpers import uses_lax_conv, value_vjp_jvp
 from .oracles import explicit_mode, explicit_pairs, lax_conv, torch_conv
 
 
@@ -85,24 +85,11 @@ def _setup(case: LayerCase, key, dtype=jnp.float32, batch=2):
     return ours, oracle, (xs, w, r, dxs, dw), pairs
 
 
-def _derivatives(f):
-    """Value, VJP (of `sum(y * r)`) and JVP of `jax.vmap(f)`, in one jitted call."""
-
-    @jax.jit
-    def run(xs, w, r, dxs, dw):
-        batched = jax.vmap(f, in_axes=(0, None))
-        y, vjp = jax.vjp(batched, xs, w)
-        _, ty = jax.jvp(batched, (xs, w), (dxs, dw))
-        return y, vjp(r), ty
-
-    return run
-
-
 @pytest.mark.parametrize("name", list(CASES))
 def test_matches_lax_and_torch(name, getkey):
     ours, oracle, args, pairs = _setup(CASES[name], getkey())
-    y, (gx, gw), ty = _derivatives(ours)(*args)
-    y0, (gx0, gw0), ty0 = _derivatives(oracle)(*args)
+    y, (gx, gw), ty = value_vjp_jvp(ours)(*args)
+    y0, (gx0, gw0), ty0 = value_vjp_jvp(oracle)(*args)
     np.testing.assert_allclose(y, y0, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(gx, gx0, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(gw, gw0, rtol=1e-4, atol=1e-4)
@@ -155,9 +142,9 @@ def test_higher_order_matches_lax(getkey):
 def test_dtypes(dtype, getkey):
     with jax.enable_x64(dtype == jnp.float64):
         ours, oracle, (xs, w, r, dxs, dw), _ = _setup(DEPTHWISE, getkey(), dtype)
-        y, (gx, gw), ty = _derivatives(ours)(xs, w, r, dxs, dw)
+        y, (gx, gw), ty = value_vjp_jvp(ours)(xs, w, r, dxs, dw)
         f32 = [a.astype(jnp.float32) for a in (xs, w, r, dxs, dw)]
-        y0, (gx0, gw0), ty0 = _derivatives(oracle)(*f32)
+        y0, (gx0, gw0), ty0 = value_vjp_jvp(oracle)(*f32)
         assert y.dtype == gx.dtype == gw.dtype == ty.dtype == dtype
         tol = 5e-2 if dtype == jnp.bfloat16 else 1e-4
         for a, b in [(y, y0), (gx, gx0), (gw, gw0), (ty, ty0)]:
@@ -232,8 +219,8 @@ def test_shift_dense_groups_also_correct(getkey):
     case = conv((6, 5), in_channels=3, kernel_size=(2, 3), stride=(1, 2),
                 padding="SAME")  # fmt: skip
     ours, oracle, args, _ = _setup(case, getkey())
-    y, (gx, gw), ty = _derivatives(ours)(*args)
-    y0, (gx0, gw0), ty0 = _derivatives(oracle)(*args)
+    y, (gx, gw), ty = value_vjp_jvp(ours)(*args)
+    y0, (gx0, gw0), ty0 = value_vjp_jvp(oracle)(*args)
     for a, b in [(y, y0), (gx, gx0), (gw, gw0), (ty, ty0)]:
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
     assert math.prod(y.shape) > 0

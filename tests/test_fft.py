@@ -17,6 +17,7 @@ from jax.test_util import check_grads
 import eqxconv
 
 from .cases import conv, LayerCase
+from .helpers import value_vjp_jvp
 from .oracles import explicit_mode, explicit_pairs, lax_conv
 
 
@@ -111,19 +112,6 @@ def _setup(case: LayerCase, key, dtype=jnp.float32, batch=2):
     return ours, oracle, (xs, w, r, dxs, dw)
 
 
-def _derivatives(f):
-    """Value, VJP (cotangent `r`) and JVP of `jax.vmap(f)`, in one jitted call."""
-
-    @jax.jit
-    def run(xs, w, r, dxs, dw):
-        batched = jax.vmap(f, in_axes=(0, None))
-        y, vjp = jax.vjp(batched, xs, w)
-        _, ty = jax.jvp(batched, (xs, w), (dxs, dw))
-        return y, vjp(r), ty
-
-    return run
-
-
 def _assert_close(actual, expected, rtol):
     wide = np.complex128 if jnp.iscomplexobj(actual) else np.float64
     actual = np.asarray(actual).astype(wide)
@@ -134,15 +122,15 @@ def _assert_close(actual, expected, rtol):
     assert error <= rtol * scale, (error, scale)
 
 
+def _assert_all_close(actual, expected, rtol):
+    for a, b in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
+        _assert_close(a, b, rtol)
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_values_vjp_and_jvp_match_lax(name, getkey):
     ours, oracle, args = _setup(CASES[name], getkey())
-    for a, b in zip(
-        jax.tree.leaves(_derivatives(ours)(*args)),
-        jax.tree.leaves(_derivatives(oracle)(*args)),
-        strict=True,
-    ):
-        _assert_close(a, b, 1e-5)
+    _assert_all_close(value_vjp_jvp(ours)(*args), value_vjp_jvp(oracle)(*args), 1e-5)
 
 
 def test_lowers_to_ffts_only(getkey):
@@ -157,34 +145,24 @@ def test_lowers_to_ffts_only(getkey):
 @pytest.mark.parametrize("name", ["stride=3", "stride=(1, 3)"])
 def test_complex(name, getkey):
     ours, oracle, args = _setup(_case(name), getkey(), jnp.complex64)
-    results = _derivatives(ours)(*args)
+    results = value_vjp_jvp(ours)(*args)
     assert results[0].dtype == jnp.complex64
-    for a, b in zip(
-        jax.tree.leaves(results),
-        jax.tree.leaves(_derivatives(oracle)(*args)),
-        strict=True,
-    ):
-        _assert_close(a, b, 1e-5)
+    _assert_all_close(results, value_vjp_jvp(oracle)(*args), 1e-5)
 
 
 def test_float64(getkey):
     with jax.enable_x64(True):
         ours, oracle, args = _setup(_case("dilation=(2, 1)"), getkey(), jnp.float64)
-        results = _derivatives(ours)(*args)
+        results = value_vjp_jvp(ours)(*args)
         assert all(a.dtype == jnp.float64 for a in jax.tree.leaves(results))
-        for a, b in zip(
-            jax.tree.leaves(results),
-            jax.tree.leaves(_derivatives(oracle)(*args)),
-            strict=True,
-        ):
-            _assert_close(a, b, 1e-12)
+        _assert_all_close(results, value_vjp_jvp(oracle)(*args), 1e-12)
 
 
 def test_bfloat16_computes_in_float32(getkey):
     ours, oracle, args = _setup(_case("kernel_size=33"), getkey(), jnp.bfloat16)
-    y, (gx, gw), ty = _derivatives(ours)(*args)
+    y, (gx, gw), ty = value_vjp_jvp(ours)(*args)
     assert y.dtype == gx.dtype == gw.dtype == ty.dtype == jnp.bfloat16
-    y0, (gx0, gw0), ty0 = _derivatives(oracle)(*(a.astype(jnp.float32) for a in args))
+    y0, (gx0, gw0), ty0 = value_vjp_jvp(oracle)(*(a.astype(jnp.float32) for a in args))
     # Only the result's rounding to bfloat16 (2**-8): the sum is taken in float32.
     for a, b in [(y, y0), (gx, gx0), (gw, gw0), (ty, ty0)]:
         _assert_close(a, b, 2e-2)
