@@ -84,11 +84,22 @@ def peak_bytes(fn: Callable[..., Any], *args: Any) -> int:
 
 @dataclass
 class Table:
-    """Rows of `name -> seconds` per case; prints medians and ratios to a reference."""
+    """Rows of `name -> value` per case (seconds, or bytes with `memory=True`);
+    prints them (as ms or MiB) with ratios to a reference."""
 
     title: str
     reference: str
+    memory: bool = False
     rows: list[tuple[str, dict[str, float]]] = field(default_factory=list)
+
+    @property
+    def quantity(self) -> str:
+        return "memory" if self.memory else "time"
+
+    def cell(self, value: float) -> str:
+        if self.memory:
+            return f"{value / 2**20:.2f} MiB"
+        return f"{value * 1e3:.2f} ms"
 
     def add(self, case: str, timings: dict[str, float]) -> None:
         self.rows.append((case, timings))
@@ -97,21 +108,26 @@ class Table:
     def _print_row(self, case: str, timings: dict[str, float]) -> None:
         ref = timings.get(self.reference)
         cells = []
-        for name, seconds in timings.items():
-            ratio = f" ({seconds / ref:.2f}x)" if ref else ""
-            cells.append(f"{name} {seconds * 1e3:.2f} ms{ratio}")
+        for name, value in timings.items():
+            ratio = f" ({value / ref:.2f}x)" if ref else ""
+            cells.append(f"{name} {self.cell(value)}{ratio}")
         print(f"  {case} [{self.title}]: " + " | ".join(cells), flush=True)
 
     def header(self) -> None:
-        print(f"\n== {self.title} (ratios are time / {self.reference}) ==", flush=True)
+        print(
+            f"\n== {self.title} (ratios are {self.quantity} / {self.reference}) ==",
+            flush=True,
+        )
 
 
-def markdown(tables: Sequence[Table], unit: str = "ms", quantity: str = "time") -> str:
+def markdown(tables: Sequence[Table]) -> str:
     """All tables as one Markdown table per title, for notes and docs."""
     lines = []
     for table in tables:
         names = list(dict.fromkeys(n for _, t in table.rows for n in t))
-        lines += [f"\n**{table.title}** (ratio: {quantity} / {table.reference})\n"]
+        lines += [
+            f"\n**{table.title}** (ratio: {table.quantity} / {table.reference})\n"
+        ]
         lines += ["| case | " + " | ".join(names) + " |"]
         lines += ["|---" * (len(names) + 1) + "|"]
         for case, timings in table.rows:
@@ -122,6 +138,6 @@ def markdown(tables: Sequence[Table], unit: str = "ms", quantity: str = "time") 
                     cells.append("")
                     continue
                 ratio = f" ({timings[name] / ref:.2f}x)" if ref else ""
-                cells.append(f"{timings[name] * 1e3:.2f} {unit}{ratio}")
+                cells.append(f"{table.cell(timings[name])}{ratio}")
             lines.append(f"| {case} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -62,8 +62,11 @@ def _tap_offset(tap: tuple[int, ...], dilation: tuple[int, ...]) -> tuple[int, .
 
 
 # At most this many blocks of the first output axis are folded by the weight
-# gradient's elementwise pass (see `_weight_tangent`).
+# gradient's elementwise pass (see `_weight_tangent`), and at most this many
+# products (blocks x taps x input channels per group) written in the weight tangent:
+# XLA's compile time grows with that count.
 _MAX_BLOCKS = 16
+_MAX_WEIGHT_TANGENT_PRODUCTS = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,12 +118,12 @@ class ShiftConfig:
     @functools.cached_property
     def blocks(self) -> int:
         """Blocks of the first output axis folded by the weight gradient's
-        elementwise pass: a divisor of it, at most `_MAX_BLOCKS`, with at most ~256
-        products in the weight tangent (compile time); none for small outputs, where
-        it cannot pay."""
+        elementwise pass: a divisor of it, at most `_MAX_BLOCKS`, with at most
+        `_MAX_WEIGHT_TANGENT_PRODUCTS` products in the weight tangent (compile time);
+        none for small outputs, where it cannot pay."""
         first = self.out_spatial[0]
         products = len(self.taps) * self.per_group_in
-        limit = max(1, min(_MAX_BLOCKS, 256 // products))
+        limit = max(1, min(_MAX_BLOCKS, _MAX_WEIGHT_TANGENT_PRODUCTS // products))
         if math.prod(self.out_spatial) < 64:
             limit = 1
         return max(r for r in range(1, limit + 1) if first % r == 0)
