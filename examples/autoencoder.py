@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
+from tqdm import tqdm
 
 import eqxconv
 
@@ -91,9 +92,12 @@ def train(size: int, steps: int = 150, seed: int = 0) -> None:
         return eqx.apply_updates(model, updates), state, loss
 
     initial = float(loss_fn(model, images))
-    for i in range(steps):
+    progress = tqdm(range(steps), desc=f"training at size {size}", unit="step")
+    for i in progress:
         batch = images[(i * 32) % 224 : (i * 32) % 224 + 32]
-        model, state, _ = step(model, state, batch)
+        model, state, loss = step(model, state, batch)
+        if i % 10 == 0:  # float() waits for the step: not on every one
+            progress.set_postfix(loss=f"{float(loss):.4f}")
     final = float(loss_fn(model, images))
     print(f"size {size}: output shape {out.shape}, mse {initial:.4f} -> {final:.4f}")
     assert final < 0.3 * initial, "the autoencoder did not learn"
