@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 import eqxconv  # noqa: E402
-from eqxconv._args import normalise_padding  # noqa: E402
+from eqxconv._args import normalise_padding, PaddingMode  # noqa: E402
 from eqxconv._geometry import resolve_padding  # noqa: E402
 from eqxconv._padding import pad  # noqa: E402
 
@@ -75,7 +75,7 @@ def padding_strings() -> None:
 
 def padding_modes() -> None:
     """The border each padding_mode writes around 1 2 3 4 5, padded by 3 each side."""
-    modes = ["ZEROS", "REFLECT", "REPLICATE", "CIRCULAR"]
+    modes: list[PaddingMode] = ["ZEROS", "REFLECT", "REPLICATE", "CIRCULAR"]
     x = jnp.arange(1.0, 6.0)[None]
     fig, axes = plt.subplots(len(modes), 1, figsize=(8, 1.2 * len(modes)))
     for ax, mode in zip(axes, modes, strict=True):
@@ -127,7 +127,7 @@ def _ratio_bars(path: Path, title: str, reference: str, columns, rows) -> None:
     limit = cap * 1.3  # room for the numbers right of the longest bars
     height = 0.8 / len(keep)
     fig, ax = plt.subplots(figsize=(9, 1.4 + 0.2 * len(keep) * len(rows)))
-    for j, i in enumerate(keep):
+    for j in range(len(keep)):
         for r, row in enumerate(ratios):
             ratio = row[j]
             if ratio is None:  # not measured (an empty cell)

@@ -3,10 +3,14 @@
 The snippets of one page run in order in one namespace, as a reader would run them.
 """
 
+import pydoc
 import re
 from pathlib import Path
 
 import pytest
+
+import eqxconv
+from eqxconv._help import plain
 
 
 ROOT = Path(__file__).parent.parent
@@ -61,3 +65,15 @@ def test_every_example_is_listed():
     for script in sorted((ROOT / "examples").glob("*.py")):
         assert f"`{script.name}`" in readme, script.name
         assert f"`{script.name}`" in page, script.name
+
+
+def test_cross_references_read_as_their_text():
+    doc = "as for [`eqxconv.conv`][], [the op][eqxconv.conv], [a page](padding.md)"
+    assert plain(doc) == "as for `eqxconv.conv`, the op, [a page](padding.md)"
+
+
+@pytest.mark.parametrize("name", [n for n in dir(eqxconv) if not n.startswith("_")])
+def test_help_shows_no_cross_reference_syntax(name):
+    """The docstrings' mkdocstrings cross-references become plain text in help()."""
+    text = pydoc.render_doc(getattr(eqxconv, name), renderer=pydoc.plaintext)
+    assert "][" not in text
