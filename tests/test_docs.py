@@ -75,5 +75,5 @@ def test_cross_references_read_as_their_text():
 @pytest.mark.parametrize("name", [n for n in dir(eqxconv) if not n.startswith("_")])
 def test_help_shows_no_cross_reference_syntax(name):
     """The docstrings' mkdocstrings cross-references become plain text in help()."""
-    text = pydoc.render_doc(getattr(eqxconv, name), renderer=pydoc.plaintext)
+    text = pydoc.plain(pydoc.render_doc(getattr(eqxconv, name)))
     assert "][" not in text
