@@ -126,7 +126,7 @@ def _ratio_bars(path: Path, title: str, reference: str, columns, rows) -> None:
     cap = largest if largest <= 1.25 * RATIO_CAP else RATIO_CAP
     limit = cap * 1.3  # room for the numbers right of the longest bars
     height = 0.8 / len(keep)
-    fig, ax = plt.subplots(figsize=(9, 1.4 + 0.2 * len(keep) * len(rows)))
+    fig, ax = plt.subplots(figsize=(10, 1.4 + 0.22 * len(keep) * len(rows)))
     for j in range(len(keep)):
         for r, row in enumerate(ratios):
             ratio = row[j]
@@ -149,28 +149,28 @@ def _ratio_bars(path: Path, title: str, reference: str, columns, rows) -> None:
                 y,
                 text,
                 va="center",
-                fontsize=7,
+                fontsize=8,
                 # Keeps the line at 1.0 from striking through the number.
                 bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.3},
             )
     ax.axvline(1.0, color="black", lw=1, zorder=0.5)
     ax.set_xlim(0, limit)
     ax.set_yticks([r + 0.4 - height / 2 for r in range(len(rows))])
-    ax.set_yticklabels([row[0] for row in rows], fontsize=8)
+    ax.set_yticklabels([row[0] for row in rows], fontsize=9)
     ax.invert_yaxis()
-    ax.set_xlabel(f"{title}: {reference} (line at 1.0; shorter is faster)", fontsize=9)
+    ax.set_xlabel(f"{title}: {reference} (line at 1.0; shorter is faster)", fontsize=10)
     # Legend entries follow the bars' top-to-bottom order within each group; drawn
     # apart from the bars, so that a column empty in some rows still has its entry.
     handles = [Rectangle((0, 0), 1, 1, color=f"C{j}") for j in range(len(keep))]
     ax.legend(
         handles,
         [columns[i] for i in keep],
-        fontsize=8,
+        fontsize=9,
         loc="upper left",
         bbox_to_anchor=(1.01, 1.0),
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
