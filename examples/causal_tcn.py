@@ -72,7 +72,9 @@ def main(steps: int = 400, seed: int = 0) -> None:
         updates, state = optimiser.update(grads, state)
         return eqx.apply_updates(model, updates), state, loss
 
-    first = float(loss_fn(model, inputs[:32], targets[:32]))
+    # Jitted: op by op, each evaluation would take seconds.
+    evaluate = eqx.filter_jit(loss_fn)
+    first = float(evaluate(model, inputs[:32], targets[:32]))
     progress = tqdm(range(steps), desc="training", unit="step")
     for i in progress:
         batch = slice((i * 32) % 224, (i * 32) % 224 + 32)
@@ -82,14 +84,14 @@ def main(steps: int = 400, seed: int = 0) -> None:
     # The checks below take seconds too (a 256 x 256 Jacobian among them).
     checks = tqdm(total=2, desc="checking", unit="check")
     test = make_signals(test_key, 64)
-    test_mse = float(loss_fn(model, test[..., :-1], test[..., 1:]))
+    test_mse = float(evaluate(model, test[..., :-1], test[..., 1:]))
     checks.update()
     tqdm.write(f"test mse {test_mse:.4f} (untrained: {first:.4f})")
     assert test_mse < 0.1 * first, "the forecaster did not learn"
 
     # No leak: d output[t] / d input[s] == 0 for every s > t.
     x = test[0, :, :-1]
-    jacobian = jax.jacobian(lambda x: model(x)[0])(x)[:, 0, :]  # (t, s)
+    jacobian = eqx.filter_jit(jax.jacobian(lambda x: model(x)[0]))(x)[:, 0, :]  # (t, s)
     future = np.triu(np.ones((LENGTH, LENGTH), bool), k=1)
     assert np.all(np.asarray(jacobian)[future] == 0), "a future sample leaked"
     # Changing the future never changes the past.

@@ -55,15 +55,15 @@ class Model(eqx.Module):
 
 
 def main(seed: int = 0) -> None:
+    # Building the model and each part below compile anew, which takes seconds.
+    parts = tqdm(total=3, desc="tree surgery", unit="part")
     model_key, data_key, swap_key = jr.split(jr.key(seed), 3)
     model = Model(model_key)
     images = jr.uniform(data_key, (16, 1, 12, 12))
-    # Each part compiles or traces anew, which takes seconds.
-    parts = tqdm(total=3, desc="tree surgery", unit="part")
 
     # 3. Causality of the masked stack: output (i, j) sees only earlier pixels.
     i, j = 6, 5
-    grad = jax.grad(lambda x: model(x)[0, i, j])(images[0])[0]
+    grad = eqx.filter_jit(jax.grad(lambda x: model(x)[0, i, j]))(images[0])[0]
     order = np.arange(12 * 12).reshape(12, 12)
     later = order >= order[i, j]
     assert np.all(np.asarray(grad)[later] == 0), "a pixel saw itself or the future"
