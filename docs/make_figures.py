@@ -1,9 +1,10 @@
 """Draw the figures of the docs (run by `nox -s docs`; PNGs in docs/figures).
 
 The padding figures are computed with eqxconv itself: the padding each string
-resolves to, and the values each `padding_mode` puts in the border. The benchmark
-figures plot the forward+backward tables that the `benchmarks/` scripts printed and
-that `docs/benchmarks.md` holds.
+resolves to, and the values each `padding_mode` puts in the border. Each benchmark
+figure is read from `docs/benchmarks.md`, the one copy of the numbers: the ratios
+(time / the table's reference) of the forward+backward table in the section that
+shows the figure, as the `benchmarks/` scripts printed them.
 """
 
 import re
@@ -18,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 import eqxconv  # noqa: E402
-from eqxconv._args import normalise_padding  # noqa: E402
+from eqxconv._args import normalise_padding, PaddingMode  # noqa: E402
 from eqxconv._geometry import resolve_padding  # noqa: E402
 from eqxconv._padding import pad  # noqa: E402
 
@@ -74,7 +75,7 @@ def padding_strings() -> None:
 
 def padding_modes() -> None:
     """The border each padding_mode writes around 1 2 3 4 5, padded by 3 each side."""
-    modes = ["ZEROS", "REFLECT", "REPLICATE", "CIRCULAR"]
+    modes: list[PaddingMode] = ["ZEROS", "REFLECT", "REPLICATE", "CIRCULAR"]
     x = jnp.arange(1.0, 6.0)[None]
     fig, axes = plt.subplots(len(modes), 1, figsize=(8, 1.2 * len(modes)))
     for ax, mode in zip(axes, modes, strict=True):
@@ -91,51 +92,106 @@ def padding_modes() -> None:
     plt.close(fig)
 
 
-def _tables(markdown: str) -> dict[str, tuple[list[str], list[list[float | None]]]]:
-    """`**title**` -> (columns, rows of milliseconds) for every table in a page."""
-    tables = {}
-    for title, body in re.findall(r"\*\*(.+?)\*\*.*?\n\n((?:\|.*\n)+)", markdown):
+# Ratios far above the reference would squash every other bar on a linear axis:
+# where some ratio exceeds this bound by more than a quarter, bars stop at the bound,
+# hatched, with their value written beside them.
+RATIO_CAP = 3.0
+
+
+def _tables(section: str) -> list[tuple[str, str, list[str], list[list[str]]]]:
+    """(title, reference, columns, rows of cells) for every `**title**` table of a
+    section, `reference` being what its ratios divide by ("time / equinox")."""
+    tables = []
+    pattern = r"\*\*(.+?)\*\*[^\n]*?\(ratio: ([^)]*)\)[^\n]*\n\n((?:\|.*\n?)+)"
+    for title, reference, body in re.findall(pattern, section):
         lines = [line.strip().strip("|").split("|") for line in body.splitlines()]
         columns = [c.strip() for c in lines[0][1:]]
-        rows = []
-        for cells in lines[2:]:
-            values = []
-            for cell in cells[1:]:
-                number = re.match(r"\s*([\d.]+) (?:ms|MiB)", cell)
-                values.append(float(number.group(1)) if number else None)
-            rows.append([cells[0].strip(), *values])
-        tables.setdefault(title, (columns, rows))
+        rows = [[cell.strip() for cell in cells] for cells in lines[2:]]
+        tables.append((title, reference, columns, rows))
     return tables
 
 
-def benchmark_bars() -> None:
-    """One log-scale bar chart per forward+backward table of docs/benchmarks.md."""
-    page = (Path(__file__).parent / "benchmarks.md").read_text()
-    sections = re.split(r"\n## ", page)[1:]
-    for section in sections:
-        family = section.split(" ", 1)[0].lower()
-        for title, (columns, rows) in _tables(section).items():
-            compact = title.replace(" ", "")
-            is_backward = "forward+backward" in compact or "fwd+bwd" in compact
-            if not is_backward or "compile" in title or "memory" in title:
+def _ratio(cell: str) -> float | None:
+    """The ratio a table cell prints, `39.82 ms (1.00x)` -> 1.0; None if empty."""
+    number = re.search(r"\(([\d.]+)x\)", cell)
+    return float(number.group(1)) if number else None
+
+
+def _ratio_bars(path: Path, title: str, reference: str, columns, rows) -> None:
+    """Grouped horizontal bars of the ratios of one table, on a linear axis from 0."""
+    # "lax best" repeats the fastest raw-lax column, which already has its own bar.
+    keep = [i for i, column in enumerate(columns) if column != "lax best"]
+    ratios = [[_ratio(row[1 + i]) for i in keep] for row in rows]
+    largest = max(r for row in ratios for r in row if r is not None)
+    cap = largest if largest <= 1.25 * RATIO_CAP else RATIO_CAP
+    limit = cap * 1.3  # room for the numbers right of the longest bars
+    height = 0.8 / len(keep)
+    fig, ax = plt.subplots(figsize=(10, 1.4 + 0.22 * len(keep) * len(rows)))
+    for j in range(len(keep)):
+        for r, row in enumerate(ratios):
+            ratio = row[j]
+            if ratio is None:  # not measured (an empty cell)
                 continue
-            keep = [i for i, c in enumerate(columns) if c not in ("lax best",)]
-            fig, ax = plt.subplots(figsize=(10, 1.2 + 0.18 * len(keep) * len(rows)))
-            height = 0.8 / len(keep)
-            for j, i in enumerate(keep):
-                ys = [r + j * height for r in range(len(rows))]
-                values = [row[1 + i] or 0.0 for row in rows]
-                ax.barh(ys, values, height=height, label=columns[i], color=f"C{j}")
-            ax.set_yticks([r + 0.4 - height / 2 for r in range(len(rows))])
-            ax.set_yticklabels([str(row[0]) for row in rows], fontsize=8)
-            ax.set_xscale("log")
-            ax.set_xlabel("forward+backward, ms (log scale; shorter is faster)")
-            ax.invert_yaxis()
-            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-            fig.tight_layout()
-            fig.savefig(FIGURES / f"bench_{family}.png", dpi=80)
-            plt.close(fig)
-            break
+            y = r + j * height
+            clipped = ratio > cap
+            ax.barh(
+                y,
+                min(ratio, cap),
+                height=height,
+                color=f"C{j}",
+                hatch="//" if clipped else None,
+                edgecolor="white" if clipped else None,
+            )
+            end = cap if clipped else ratio
+            text = f"{ratio:.2f}x" + (" (bar cut)" if clipped else "")
+            ax.text(
+                end + limit * 0.01,
+                y,
+                text,
+                va="center",
+                fontsize=8,
+                # Keeps the line at 1.0 from striking through the number.
+                bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.3},
+            )
+    ax.axvline(1.0, color="black", lw=1, zorder=0.5)
+    ax.set_xlim(0, limit)
+    ax.set_yticks([r + 0.4 - height / 2 for r in range(len(rows))])
+    ax.set_yticklabels([row[0] for row in rows], fontsize=9)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"{title}: {reference} (line at 1.0; shorter is faster)", fontsize=10)
+    # Legend entries follow the bars' top-to-bottom order within each group; drawn
+    # apart from the bars, so that a column empty in some rows still has its entry.
+    handles = [Rectangle((0, 0), 1, 1, color=f"C{j}") for j in range(len(keep))]
+    ax.legend(
+        handles,
+        [columns[i] for i in keep],
+        fontsize=9,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def benchmark_bars() -> None:
+    """The figure each section of docs/benchmarks.md shows, from that section's first
+    forward+backward table, so that the page's numbers are the figure's."""
+    page = (Path(__file__).parent / "benchmarks.md").read_text()
+    for section in re.split(r"\n## ", page)[1:]:
+        figure = re.search(r"\]\(figures/(bench_\w+\.png)\)", section)
+        if figure is None:
+            continue
+        for title, reference, columns, rows in _tables(section):
+            compact = title.replace(" ", "")
+            if "forward+backward" in compact or "fwd+bwd" in compact:
+                if "compile" not in title and "memory" not in title:
+                    _ratio_bars(
+                        FIGURES / figure.group(1), title, reference, columns, rows
+                    )
+                    break
+        else:
+            raise ValueError(f"no forward+backward table for {figure.group(1)}")
 
 
 if __name__ == "__main__":

@@ -29,3 +29,9 @@ from ._torch_state_dict import load_torch_state_dict as load_torch_state_dict
 
 
 __version__ = "0.1.0"
+
+# Last, once every submodule is loaded: help() then reads plain docstrings.
+from ._help import strip_cross_references as _strip_cross_references  # noqa: E402
+
+
+_strip_cross_references(__name__)

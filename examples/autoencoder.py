@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
+from tqdm import tqdm
 
 import eqxconv
 
@@ -76,7 +77,7 @@ def train(size: int, steps: int = 150, seed: int = 0) -> None:
     data_key, model_key = jr.split(jr.key(seed))
     images = make_images(data_key, 256, size)
     model = AutoEncoder(size, model_key)
-    out = model(images[0])
+    out = jax.eval_shape(model, images[0])  # the shapes, without running the model
     assert out.shape == images[0].shape, (out.shape, images[0].shape)
     optimiser = optax.adam(2e-3)
     state = optimiser.init(eqx.filter(model, eqx.is_inexact_array))
@@ -90,11 +91,16 @@ def train(size: int, steps: int = 150, seed: int = 0) -> None:
         updates, state = optimiser.update(grads, state)
         return eqx.apply_updates(model, updates), state, loss
 
-    initial = float(loss_fn(model, images))
-    for i in range(steps):
+    # Jitted: op-by-op over all 256 images would take seconds before the bar starts.
+    evaluate = eqx.filter_jit(loss_fn)
+    initial = float(evaluate(model, images))
+    progress = tqdm(range(steps), desc=f"training at size {size}", unit="step")
+    for i in progress:
         batch = images[(i * 32) % 224 : (i * 32) % 224 + 32]
-        model, state, _ = step(model, state, batch)
-    final = float(loss_fn(model, images))
+        model, state, loss = step(model, state, batch)
+        if i % 10 == 0:  # float() waits for the step: not on every one
+            progress.set_postfix(loss=f"{float(loss):.4f}")
+    final = float(evaluate(model, images))
     print(f"size {size}: output shape {out.shape}, mse {initial:.4f} -> {final:.4f}")
     assert final < 0.3 * initial, "the autoencoder did not learn"
 

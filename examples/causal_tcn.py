@@ -15,6 +15,7 @@ import jax.random as jr
 import numpy as np
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
+from tqdm import tqdm
 
 import eqxconv
 
@@ -71,20 +72,26 @@ def main(steps: int = 400, seed: int = 0) -> None:
         updates, state = optimiser.update(grads, state)
         return eqx.apply_updates(model, updates), state, loss
 
-    first = float(loss_fn(model, inputs[:32], targets[:32]))
-    for i in range(steps):
+    # Jitted: op by op, each evaluation would take seconds.
+    evaluate = eqx.filter_jit(loss_fn)
+    first = float(evaluate(model, inputs[:32], targets[:32]))
+    progress = tqdm(range(steps), desc="training", unit="step")
+    for i in progress:
         batch = slice((i * 32) % 224, (i * 32) % 224 + 32)
         model, state, loss = step(model, state, inputs[batch], targets[batch])
-        if i % 100 == 0:
-            print(f"step {i:4d}  mse {float(loss):.4f}")
+        if i % 10 == 0:  # float() waits for the step: not on every one
+            progress.set_postfix(mse=f"{float(loss):.4f}")
+    # The checks below take seconds too (a 256 x 256 Jacobian among them).
+    checks = tqdm(total=2, desc="checking", unit="check")
     test = make_signals(test_key, 64)
-    test_mse = float(loss_fn(model, test[..., :-1], test[..., 1:]))
-    print(f"test mse {test_mse:.4f} (untrained: {first:.4f})")
+    test_mse = float(evaluate(model, test[..., :-1], test[..., 1:]))
+    checks.update()
+    tqdm.write(f"test mse {test_mse:.4f} (untrained: {first:.4f})")
     assert test_mse < 0.1 * first, "the forecaster did not learn"
 
     # No leak: d output[t] / d input[s] == 0 for every s > t.
     x = test[0, :, :-1]
-    jacobian = jax.jacobian(lambda x: model(x)[0])(x)[:, 0, :]  # (t, s)
+    jacobian = eqx.filter_jit(jax.jacobian(lambda x: model(x)[0]))(x)[:, 0, :]  # (t, s)
     future = np.triu(np.ones((LENGTH, LENGTH), bool), k=1)
     assert np.all(np.asarray(jacobian)[future] == 0), "a future sample leaked"
     # Changing the future never changes the past.
@@ -92,6 +99,8 @@ def main(steps: int = 400, seed: int = 0) -> None:
     changed = x.at[:, cut:].set(jr.normal(test_key, (1, LENGTH - cut)))
     same = np.asarray(model(x))[:, :cut] == np.asarray(model(changed))[:, :cut]
     assert same.all(), "changing the future changed a past output"
+    checks.update()
+    checks.close()
     receptive = 1 + 2 * sum((1, 2, 4, 8, 16))
     print(f"no leak: outputs depend only on the past {receptive} samples")
 

@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
 from jaxtyping import Array, Float, PRNGKeyArray  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 import eqxconv  # noqa: E402
 
@@ -64,8 +65,11 @@ def main(seed: int = 0) -> None:
         updates, state = optimiser.update(grads, state)
         return eqx.apply_updates(model, updates), state, loss
 
+    # Each of the two calls below compiles the step anew, for its own shardings.
+    progress = tqdm(total=2, desc="single-device, then sharded step", unit="step")
     # Single device.
     single_model, _, single_loss = step(model, state, x, y)
+    progress.update()
 
     # Sharded: batch split over the mesh, model and optimiser state replicated.
     mesh = Mesh(np.array(devices), ("batch",))
@@ -74,6 +78,8 @@ def main(seed: int = 0) -> None:
     x_sharded, y_sharded = jax.device_put((x, y), data)
     model_r, state_r = eqx.filter_shard((model, state), replicated)
     sharded_model, _, sharded_loss = step(model_r, state_r, x_sharded, y_sharded)
+    progress.update()
+    progress.close()
     print(f"loss single {float(single_loss):.6f}  sharded {float(sharded_loss):.6f}")
     print(f"input sharding: {x_sharded.sharding}")
 

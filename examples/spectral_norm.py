@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+from tqdm import tqdm
 
 import eqxconv
 
@@ -64,7 +65,8 @@ def main() -> None:
     )
     print(header)
     print("-" * len(header))
-    for name, config in CONFIGS:
+    # leave=False: the bar goes once the table is complete.
+    for name, config in tqdm(CONFIGS, desc="configurations", leave=False):
         key, layer_key, norm_key, eqx_key, x_key = jr.split(key, 5)
         layer = eqxconv.Conv2d(
             IN_CHANNELS, OUT_CHANNELS, use_bias=False, key=layer_key, **config
@@ -106,7 +108,7 @@ def main() -> None:
 
         # Each normalised layer is `matrix / σ`, so its Lipschitz constant (its
         # largest singular value) is `true_sigma / σ`.
-        print(
+        tqdm.write(
             f"{name:30} {reshaped:15.4f} {true_sigma:10.4f} {sigma:10.4f} "
             f"{true_sigma / reshaped:22.4f} {true_sigma / sigma:13.4f}"
         )

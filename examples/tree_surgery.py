@@ -20,6 +20,7 @@ import jax.tree_util as jtu
 import numpy as np
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
+from tqdm import tqdm
 
 import eqxconv
 
@@ -54,17 +55,20 @@ class Model(eqx.Module):
 
 
 def main(seed: int = 0) -> None:
+    # Building the model and each part below compile anew, which takes seconds.
+    parts = tqdm(total=3, desc="tree surgery", unit="part")
     model_key, data_key, swap_key = jr.split(jr.key(seed), 3)
     model = Model(model_key)
     images = jr.uniform(data_key, (16, 1, 12, 12))
 
     # 3. Causality of the masked stack: output (i, j) sees only earlier pixels.
     i, j = 6, 5
-    grad = jax.grad(lambda x: model(x)[0, i, j])(images[0])[0]
+    grad = eqx.filter_jit(jax.grad(lambda x: model(x)[0, i, j]))(images[0])[0]
     order = np.arange(12 * 12).reshape(12, 12)
     later = order >= order[i, j]
     assert np.all(np.asarray(grad)[later] == 0), "a pixel saw itself or the future"
-    print("masked stack is causal in raster order")
+    parts.update()
+    tqdm.write("masked stack is causal in raster order")
 
     # 2. Freeze the stem: train only body and head.
     trainable = jtu.tree_map(lambda _: False, model)
@@ -96,7 +100,8 @@ def main(seed: int = 0) -> None:
     trained = eqx.combine(params, frozen)
     assert np.array_equal(trained.stem.weight, model.stem.weight), "stem moved"
     assert not np.array_equal(trained.body.weight, model.body.weight)
-    print(f"stem frozen, body and head trained (loss {float(loss):.4f})")
+    parts.update()
+    tqdm.write(f"stem frozen, body and head trained (loss {float(loss):.4f})")
 
     # The boolean masks are not inexact arrays: the usual filter leaves them out.
     inexact, _ = eqx.partition(trained, eqx.is_inexact_array)
@@ -114,6 +119,8 @@ def main(seed: int = 0) -> None:
     np.testing.assert_allclose(
         zeroed(images[0]), jnp.broadcast_to(zeroed.head.bias, (1, 12, 12))
     )
+    parts.update()
+    parts.close()
     print("replaced the head and a weight with eqx.tree_at")
 
 
