@@ -11,8 +11,11 @@ convolutions. The shift lowering is timed only where its unrolled products per
 output stay small (beyond them it is never chosen, and its compile grows with them).
 
 The impls of a row are timed in turns, one call each per round, so that a change in
-the machine's load falls on all of them alike. Run: `python -m benchmarks.auto
-[--quick]` (`--quick`: every third row, 5 repeats).
+the machine's load falls on all of them alike. Where auto's gradient traces to the
+same program as the impl it picks (checked on the jaxprs), auto's times are that
+impl's: two timings of one program differ only by the machine's noise.
+
+Run: `python -m benchmarks.auto [--quick]` (`--quick`: every third row, 5 repeats).
 """
 
 import argparse
@@ -204,21 +207,34 @@ def measure(row: Row, repeats: int, tables: dict[str, Table]) -> None:
 
     timings: dict[str, dict[str, float]] = {title: {} for title in tables}
     layers = {impl: _layer(row, impl) for impl in ["auto", *_impls(row)]}
+    choice = _choice(row)
+    # 'auto' resolves to one impl at trace time. Where its gradient traces to the
+    # very program of that impl, timing both would only measure the machine's noise
+    # between two runs of one program: auto's times are then its choice's.
+    same_program = choice in layers and all(
+        str(jax.make_jaxpr(eqx.filter_grad(loss))((layers["auto"], x)))
+        == str(jax.make_jaxpr(eqx.filter_grad(loss))((layers[choice], x)))
+        for loss in (linear, square)
+    )
+    timed = {k: v for k, v in layers.items() if not (same_program and k == "auto")}
     for title, loss in (("sum(y * r)", linear), ("sum(y ** 2)", square)):
         # The gradient with respect to the layer's arrays and the input; every impl
         # in turn, one call each per round, so that load shifts fall on all alike.
         grad = eqx.filter_jit(eqx.filter_grad(loss))
         timings[title] = interleaved_median_times(
-            {impl: (grad, ((layer, x),)) for impl, layer in layers.items()},
+            {impl: (grad, ((layer, x),)) for impl, layer in timed.items()},
             repeats=repeats,
         )
-    for impl, layer in layers.items():
+    for impl, layer in timed.items():
         params, static = eqx.partition(layer, eqx.is_array)
 
         def cold(params, x, static=static):
             return jax.grad(square)((eqx.combine(params, static), x))
 
         timings["compile"][impl] = compile_seconds(cold, params, x, repeats=1)
+    if same_program:
+        for title in timings:
+            timings[title] = {"auto": timings[title][choice], **timings[title]}
     for title, table in tables.items():
         table.add(row.name, timings[title])
     verdict = []
@@ -227,7 +243,8 @@ def measure(row: Row, repeats: int, tables: dict[str, Table]) -> None:
         fastest = min(others, key=others.__getitem__)
         ratio = timings[title]["auto"] / others[fastest]
         verdict.append(f"{title}: auto/fastest {ratio:.2f} (fastest {fastest})")
-    print(f"  -> auto picks {_choice(row)}; " + "; ".join(verdict), flush=True)
+    same = " (the same program)" if same_program else ""
+    print(f"  -> auto picks {choice}{same}; " + "; ".join(verdict), flush=True)
 
 
 def main() -> None:
