@@ -63,9 +63,10 @@ def _tap_offset(tap: tuple[int, ...], dilation: tuple[int, ...]) -> tuple[int, .
 
 # At most this many blocks of the first output axis are folded by the weight
 # gradient's elementwise pass (see `_weight_tangent`), and at most this many
-# products (blocks x taps x input channels per group) written in the weight tangent:
-# XLA's compile time grows with that count.
-_MAX_BLOCKS = 16
+# products (blocks x taps x input channels per group) written in the weight tangent.
+# XLA's compile time grows with the products, while beyond a few blocks the step
+# gains little: the trade is measured in docs/benchmarks.md (Whole models).
+_MAX_BLOCKS = 4
 _MAX_WEIGHT_TANGENT_PRODUCTS = 256
 
 
