@@ -15,25 +15,28 @@ import jax.numpy as jnp
 from ._geometry import is_non_overlapping
 
 
-# The shift lowering's cost grows with the input channels per group (where XLA's
-# grouped convolution nears a dense one). It unrolls one slice per product, so its
-# compile time grows with the products per output. And under a loss whose cotangent
-# is the output itself (`sum(y ** 2)`), XLA CPU recomputes the forward inside each
-# kernel tap's weight-gradient pass, a cost quadratic in the taps: up to 25 taps
-# (5x5, or 25 in 1D) the lowering still won under every loss measured, at 49 (7x7)
-# it lost under `sum(y ** 2)` and compiled several times slower, and a whole
-# ConvNeXt-like model gained no step time from it (`docs/benchmarks.md`).
+# The shift lowering unrolls one slice per product of an input channel of a group
+# and a kernel tap, so its compile time grows with the products per output, and
+# under a loss whose cotangent is the output itself (`sum(y ** 2)`) XLA CPU
+# recomputes the forward inside each tap's weight-gradient pass. Up to 20 products
+# (a 3x3 kernel with 1 or 2 channels per group, 1D kernels up to 20) it was the
+# fastest grouped lowering under both losses; from 25 (5x5 depthwise, 3x3 with 4
+# channels per group) the FFT lowering was faster under `sum(y ** 2)` and compiled
+# several times faster (`docs/benchmarks.md`, decision grid).
 _MAX_SHIFT_IN_PER_GROUP = 4
-_MAX_SHIFT_PRODUCTS = 49
-_MAX_SHIFT_TAPS = 25
+_MAX_SHIFT_PRODUCTS = 20
 
 # A direct convolution's cost grows with the kernel, an FFT's with the logarithm of
 # the input: at and above this many taps per input position the FFT lowering was
-# the faster, forward and forward+backward, in every measured configuration; for
-# the grouped convolutions the shift lowering leaves to XLA (whose CPU grouped
-# convolution is slow), from this smaller bound.
+# the faster, forward and forward+backward, in every measured configuration.
 _MIN_FFT_TAPS = 100
-_MIN_FFT_TAPS_GROUPED = 30
+# XLA's CPU grouped convolution is slow: for the grouped convolutions the shift
+# lowering leaves to it, with up to 16 input channels per group, from 5 kernel taps
+# and more than one tap per input position (not a kernel as large as its input),
+# the FFT lowering was faster in every measured configuration, by 2-16x.
+_MAX_FFT_GROUPED_IN_PER_GROUP = 16
+_MIN_FFT_GROUPED_KERNEL_TAPS = 5
+_MIN_FFT_GROUPED_TAPS = 1.5
 # The FFT lowering holds the kernel's spectrum, `out_channels * in_channels_per_group`
 # transforms of the padded input's size: beyond this many complex entries `'auto'`
 # does not trade a direct convolution's time for that memory.
@@ -81,14 +84,16 @@ def choose_conv_impl(
     - `'fft'` for large kernels: at least 100 kernel taps per padded input position
         (`fft_taps`), any channel count or groups, where the FFT lowering
         measured faster forward and forward+backward (`benchmarks/fft.py`).
-    - `'shift'` for grouped convolutions with few input channels per group
+    - `'shift'` for grouped convolutions with at most 4 input channels per group
         (depthwise is 1; any channel multiplier, stride, dilation, padding,
-        1D/2D/3D), few products per output element and few kernel taps: XLA's
-        CPU grouped convolution is slow there, forward and backward
-        (`benchmarks/depthwise.py`).
-    - `'fft'` for the grouped convolutions of few input channels per group that
-        have too many products or taps for the shift lowering, from 30 taps per
-        padded input position.
+        1D/2D/3D) and at most 20 products per output element (channels per group
+        times kernel taps: 3x3 depthwise yes, 5x5 no): XLA's CPU grouped
+        convolution is slow there, forward and backward (`benchmarks/auto.py`,
+        `benchmarks/depthwise.py`).
+    - `'fft'` for the other grouped convolutions with at most 16 input channels
+        per group, at least 5 kernel taps and more than 1.5 taps per input
+        position, where it beat XLA's grouped convolution (and the shift lowering
+        beyond its bound) on every measured configuration.
 
     `'fft'` only where the kernel's spectrum (`out_channels * in_channels // groups`
     transforms of the padded input) has at most `2**26` complex entries: it is held
@@ -108,12 +113,20 @@ def choose_conv_impl(
     if groups == 1:
         return "xla"
     per_group = in_channels // groups
-    if per_group > _MAX_SHIFT_IN_PER_GROUP:
-        return "xla"
     kernel_taps = math.prod(kernel_size)
-    if per_group * kernel_taps > _MAX_SHIFT_PRODUCTS or kernel_taps > _MAX_SHIFT_TAPS:
-        return "fft" if fits and taps >= _MIN_FFT_TAPS_GROUPED else "xla"
-    return "shift"
+    if (
+        per_group <= _MAX_SHIFT_IN_PER_GROUP
+        and per_group * kernel_taps <= _MAX_SHIFT_PRODUCTS
+    ):
+        return "shift"
+    if (
+        fits
+        and per_group <= _MAX_FFT_GROUPED_IN_PER_GROUP
+        and kernel_taps >= _MIN_FFT_GROUPED_KERNEL_TAPS
+        and taps >= _MIN_FFT_GROUPED_TAPS
+    ):
+        return "fft"
+    return "xla"
 
 
 def choose_transpose_impl(

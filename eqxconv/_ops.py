@@ -209,10 +209,11 @@ def conv(
         without `input_dilation`, `'auto'` takes `'fft'` from 100 kernel taps per
         padded input position (`prod(kernel_size) * prod(out_spatial) /
         prod(padded_spatial)`, about the kernel size over the stride's product);
-        `'shift'` for at most 4 input channels per group, at most 49 products per
-        output element and at most 25 kernel taps; `'fft'` again for such grouped
-        convolutions beyond those bounds from 30 taps per position; `'xla'`
-        otherwise and on every other backend; `'fft'` only where the kernel's
+        for grouped convolutions `'shift'` for at most 4 input channels per group
+        and at most 20 products per output element (channels per group times
+        kernel taps), else `'fft'` for at most 16 input channels per group, from 5
+        kernel taps and 1.5 taps per position; `'xla'` otherwise and on every
+        other backend; `'fft'` only where the kernel's
         spectrum (`out_channels * in_channels // groups` transforms of the padded
         input, held in memory) has at most `2**26` entries. All give the same
         values and support forward- and reverse-mode derivatives of any order,

@@ -51,22 +51,32 @@ def test_on_cpu_auto_keeps_its_measured_lowerings(monkeypatch):
     monkeypatch.setattr(_choose.jax, "default_backend", lambda: "cpu")
     assert _choose.choose_conv_impl(**DEPTHWISE_3X3, dtype=jnp.float32) == "shift"
     assert _choose.choose_conv_impl(**DEPTHWISE_3X3, dtype=jnp.complex64) == "xla"
-    # The shift lowering takes at most 25 kernel taps and 49 products per output;
-    # beyond, grouped convolutions take the FFT from 30 taps per input position.
+    # The shift lowering takes at most 4 input channels per group and 20 products
+    # per output (channels per group x kernel taps); beyond, grouped convolutions of
+    # up to 16 channels per group take the FFT from 5 kernel taps.
     for kernel_size, padded, out, impl in (
-        ((5, 5), (20, 20), (16, 16), "shift"),
-        ((7, 7), (22, 22), (16, 16), "xla"),  # 26 taps per position
-        ((7, 7), (70, 70), (64, 64), "fft"),  # 41 taps per position
-        ((25,), (280,), (256,), "shift"),
+        ((5, 5), (20, 20), (16, 16), "fft"),  # 25 products
+        ((7, 7), (22, 22), (16, 16), "fft"),
+        ((20,), (275,), (256,), "shift"),
+        ((25,), (280,), (256,), "fft"),
     ):
         args = dict(
             DEPTHWISE_3X3, kernel_size=kernel_size, padded_shape=padded, out_shape=out
         )
         assert _choose.choose_conv_impl(**args, dtype=jnp.float32) == impl, args
+    two_per_group = dict(DEPTHWISE_3X3, in_channels=16, dtype=jnp.float32)
+    assert _choose.choose_conv_impl(**two_per_group) == "shift"  # 18 products
     four_per_group = dict(DEPTHWISE_3X3, in_channels=32, dtype=jnp.float32)
-    assert _choose.choose_conv_impl(**four_per_group) == "shift"
-    four_per_group_5x5 = dict(four_per_group, kernel_size=(5, 5), padded_shape=(20, 20))
-    assert _choose.choose_conv_impl(**four_per_group_5x5) == "xla"
+    assert _choose.choose_conv_impl(**four_per_group) == "fft"  # 36 products
+    sixteen_per_group = dict(DEPTHWISE_3X3, in_channels=128, dtype=jnp.float32)
+    assert _choose.choose_conv_impl(**sixteen_per_group) == "fft"
+    # Not measured: more than 16 channels per group, or fewer than 5 kernel taps.
+    many_per_group = dict(DEPTHWISE_3X3, in_channels=136, dtype=jnp.float32)
+    assert _choose.choose_conv_impl(**many_per_group) == "xla"
+    pointwise = dict(
+        DEPTHWISE_3X3, in_channels=64, kernel_size=(1, 1), padded_shape=(16, 16)
+    )
+    assert _choose.choose_conv_impl(**pointwise, dtype=jnp.float32) == "xla"
     assert _choose.choose_transpose_impl((4, 4), (2, 2), (1, 1)) == "phase"
     assert _choose.choose_transpose_impl((2,), (2,), (5,)) == "interior"
     assert _choose.choose_transpose_impl((4,), (1,), (1,)) == "lhs_dilation"
@@ -117,9 +127,9 @@ def test_on_cpu_auto_takes_fft_for_large_kernels(monkeypatch):
 
 
 def test_on_cpu_grouped_beyond_shift_takes_fft(monkeypatch):
-    """Depthwise kernels too large for the shift lowering leave XLA's slow grouped
-    convolution for the FFT from 30 taps per position; within the shift's bounds the
-    shift lowering keeps them."""
+    """Depthwise kernels too large for the shift lowering, and grouped ones of up to
+    16 channels per group, leave XLA's slow grouped convolution for the FFT;
+    within the shift's bounds the shift lowering keeps them."""
     monkeypatch.setattr(_choose.jax, "default_backend", lambda: "cpu")
     depthwise: dict[str, Any] = dict(
         in_channels=64,
@@ -129,19 +139,17 @@ def test_on_cpu_grouped_beyond_shift_takes_fft(monkeypatch):
         out_shape=(4096,),
     )
     choose = _choose.choose_conv_impl
-    # k31: shift's forward was the faster, but under sum(y ** 2) its backward ran
-    # 100x slower than the FFT's (more than 25 taps); see docs/benchmarks.md.
-    for k, expected in ((25, "shift"), (31, "fft"), (63, "fft"), (255, "fft")):
+    for k, expected in ((15, "shift"), (25, "fft"), (31, "fft"), (255, "fft")):
         shape = (4096 + k - 1,)
         impl = choose(
             **depthwise, kernel_size=(k,), padded_shape=shape, dtype=jnp.float32
         )
         assert impl == expected
-    # Beyond the shift's 4 input channels per group, the dense bound.
+    # 8 input channels per group: beyond the shift's 4, within the FFT's 16.
     grouped = dict(depthwise, in_channels=64, groups=8)
     assert (
         choose(**grouped, kernel_size=(63,), padded_shape=(4158,), dtype=jnp.float32)
-        == "xla"
+        == "fft"
     )
     # A 9x9 depthwise kernel on a 9x9 input: one output, one tap per position.
     small: dict[str, Any] = dict(
