@@ -299,8 +299,9 @@ def _phase(y: Array, w: Array, stride: tuple[int, ...], cfg: Stride1Config) -> A
     dtype = next(iter(blocks.values())).dtype
 
     def assemble(choice: tuple[int, ...]) -> Array:
-        """`(O, s_i, ..., s_N, *counts)`: the phases of the dimensions after those
-        `choice` fixes, in channel order."""
+        """`(O, n_1, ..., n_N, *counts)`: the phases of the parts that `choice`
+        picks in its dimensions, then every phase of the later ones, in channel
+        order."""
         i = len(choice)
         if i == n:
             if choice in blocks:
