@@ -101,7 +101,11 @@ def choose_conv_impl(
 
     Otherwise `'xla'`, `lax.conv_general_dilated`: also for ungrouped convolutions
     of few channels (RGB and mono stems), where XLA's dense convolution is the
-    faster, and compiles faster."""
+    faster, and compiles faster.
+
+    The choice is made on the configuration alone, never on the values: where it is
+    `'fft'`, a non-finite input turns every output of its channel group into NaN
+    instead of only those whose window holds it (documented on `eqxconv.conv`)."""
     if jax.default_backend() != "cpu":
         return "xla"
     if any(d != 1 for d in input_dilation) or not jnp.issubdtype(dtype, jnp.floating):

@@ -72,7 +72,9 @@ class Conv(WeightedLayer):
         - `impl`: how the convolution is computed, as for [`eqxconv.conv`][]:
             `'auto'` (default), `'xla'`, `'shift'` or `'fft'` (through FFTs, for
             large kernels: equal up to FFT rounding relative to the output's scale;
-            `precision` has no effect there); all give the same values.
+            `precision` has no effect there); all give the same values, except that
+            through `'fft'` (which `'auto'` may take) a non-finite input makes every
+            output of its channel group NaN.
         """
         arguments = layer_arguments(locals())
         self.impl = check_choice(arguments.pop("impl"), "impl", CONV_IMPLS)

@@ -18,7 +18,11 @@ another way:
     `prod(stride)` phases, each a stride-1 correlation of the undilated input with
     a `ceil(extent / stride)`-tap slice of the kernel. All phases run as one
     convolution with `prod(stride) * out_channels` output channels, interleaved
-    afterwards ("depth to space"). No multiply ever meets an inserted zero.
+    afterwards ("depth to space"). No multiply ever meets an inserted zero. Where
+    some phases have fewer real taps than others (an extent that is no multiple of
+    the stride, or the zeros of a dilated kernel), each group of alike phases is a
+    convolution of its own: a padded zero tap would meet real inputs, and `0 * inf`
+    is NaN.
 - `'lhs_dilation'`: `lax.conv_general_dilated` with `lhs_dilation`, as Equinox and
     `lax.conv_transpose` do. Slow on CPU when strided; without a stride it is a
     plain convolution.
@@ -161,6 +165,34 @@ def _interior(y: Array, w: Array, stride: tuple[int, ...], cfg: Stride1Config) -
     return _conv_stride1(cfg, y, w)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Part:
+    """Phases of one dimension whose real taps sit at the same places of the padded
+    phase kernel: taps `first, first + step, ...` (`count` of them, none for phases no
+    input reaches)."""
+
+    phases: tuple[int, ...]
+    first: int
+    count: int
+    step: int
+
+
+def _parts(k: int, s: int, d: int, j: int) -> list[_Part]:
+    """The phases of a strided dimension (in channel order, `c' = s - 1 - c`) grouped
+    by where their real taps sit among the `j` taps of the padded phase kernel."""
+    extent = (k - 1) * d + 1
+    step = d // math.gcd(s, d)
+    parts: dict[tuple[int, int], list[int]] = {}
+    for phase in range(s):
+        c = s - 1 - phase
+        real = [i for i in range(j) if i * s + c < extent and (i * s + c) % d == 0]
+        first = real[0] if real else 0
+        # The solutions of `i * s = -c (mod d)`: spaced by `d / gcd(s, d)`.
+        assert real == list(range(first, first + step * len(real), step))
+        parts.setdefault((first, len(real)), []).append(phase)
+    return [_Part(tuple(p), f, c, step) for (f, c), p in parts.items()]
+
+
 def _phase(y: Array, w: Array, stride: tuple[int, ...], cfg: Stride1Config) -> Array:
     n = y.ndim - 1
     out_channels, in_per_group = w.shape[:2]
@@ -169,7 +201,8 @@ def _phase(y: Array, w: Array, stride: tuple[int, ...], cfg: Stride1Config) -> A
     # taps and split into `s` phases of `J` taps; `t = j * s + c` serves the outputs
     # at `u = v * s - c`, which phase `c' = s - 1 - c` interleaves in increasing order.
     w_widths = [(0, 0, 0), (0, 0, 0)]
-    taps, conv_dilation, conv_padding, starts, lengths = [], [], [], [], []
+    taps, conv_dilation, conv_padding, starts, lengths, counts = [], [], [], [], [], []
+    dim_parts: list[list[_Part]] = []
     for m, k, s, d, (lo, hi) in zip(
         y.shape[1:], kernel, stride, cfg.dilation, cfg.padding, strict=True
     ):
@@ -182,6 +215,8 @@ def _phase(y: Array, w: Array, stride: tuple[int, ...], cfg: Stride1Config) -> A
             conv_dilation.append(d)
             conv_padding.append((lo, hi))
             starts.append(0)
+            counts.append(m + lo + hi - (k - 1) * d)
+            dim_parts.append([_Part((0,), 0, k, 1)])
             continue
         j = -(-extent // s)
         w_widths.append((0, j * s - extent, d - 1))
@@ -192,6 +227,8 @@ def _phase(y: Array, w: Array, stride: tuple[int, ...], cfg: Stride1Config) -> A
         count = v1 - v0 + 1
         conv_padding.append((-v0, count + j - 1 - m + v0))
         starts.append(-lo - (v0 - 1) * s - 1)
+        counts.append(count)
+        dim_parts.append(_parts(k, s, d, j))
     w = lax.pad(w, _zero(w), tuple(w_widths))
     # (O, I, J1, s1, J2, s2, ...), phases flipped, then (O, s1, s2, ..., I, J1, J2, ...)
     split = (out_channels, in_per_group)
@@ -203,15 +240,92 @@ def _phase(y: Array, w: Array, stride: tuple[int, ...], cfg: Stride1Config) -> A
         (0, *(3 + 2 * i for i in range(n)), 1, *(2 + 2 * i for i in range(n)))
     )
     phases = math.prod(stride)
-    w = w.reshape(out_channels * phases, in_per_group, *taps)
-    phase_cfg = dataclasses.replace(
-        cfg,
-        padding=tuple(conv_padding),
-        dilation=tuple(conv_dilation),
-        input_tangent_by_taps=True,
+    uniform = all(
+        len(parts) == 1 and parts[0].count == t
+        for parts, t in zip(dim_parts, taps, strict=True)
     )
-    r = _conv_stride1(phase_cfg, y, w)
-    return _depth_to_space(r, stride, r.shape[1:], starts, lengths)
+    if uniform:
+        w = w.reshape(out_channels * phases, in_per_group, *taps)
+        phase_cfg = dataclasses.replace(
+            cfg,
+            padding=tuple(conv_padding),
+            dilation=tuple(conv_dilation),
+            input_tangent_by_taps=True,
+        )
+        r = _conv_stride1(phase_cfg, y, w)
+        return _depth_to_space(r, stride, r.shape[1:], starts, lengths)
+    # Some phases have fewer real taps than `J` (an extent that is no multiple of the
+    # stride, or the zeros of a dilated kernel). In one convolution of all phases
+    # their padded zero taps would still meet real inputs, and `0 * inf` is NaN: so
+    # each group of phases whose real taps sit alike is a convolution of those taps
+    # alone, and a group that no input reaches is zeros.
+    blocks: dict[tuple[int, ...], Array] = {}
+    for choice in itertools.product(*(range(len(parts)) for parts in dim_parts)):
+        chosen = [parts[c] for parts, c in zip(dim_parts, choice, strict=True)]
+        if any(part.count == 0 for part in chosen):
+            continue
+        wk = w
+        for i, part in enumerate(chosen):
+            wk = _take(wk, part.phases, axis=1 + i)
+            last = part.first + (part.count - 1) * part.step
+            wk = lax.slice_in_dim(wk, part.first, last + 1, part.step, axis=2 + n + i)
+        sizes = [len(part.phases) for part in chosen]
+        wk = wk.reshape(
+            out_channels * math.prod(sizes),
+            in_per_group,
+            *(part.count for part in chosen),
+        )
+        # Taps `first, first + step, ...` of the `J`: the padding that keeps every
+        # group's output on the common grid of `counts`.
+        part_padding = tuple(
+            (
+                lo - part.first * d,
+                hi - (t - 1 - part.first - (part.count - 1) * part.step) * d,
+            )
+            for (lo, hi), part, t, d in zip(
+                conv_padding, chosen, taps, conv_dilation, strict=True
+            )
+        )
+        part_cfg = dataclasses.replace(
+            cfg,
+            padding=part_padding,
+            dilation=tuple(
+                part.step * d for part, d in zip(chosen, conv_dilation, strict=True)
+            ),
+            input_tangent_by_taps=True,
+        )
+        r = _conv_stride1(part_cfg, y, wk)
+        blocks[choice] = r.reshape(out_channels, *sizes, *counts)
+    dtype = next(iter(blocks.values())).dtype
+
+    def assemble(choice: tuple[int, ...]) -> Array:
+        """`(O, n_1, ..., n_N, *counts)`: the phases of the parts that `choice`
+        picks in its dimensions, then every phase of the later ones, in channel
+        order."""
+        i = len(choice)
+        if i == n:
+            if choice in blocks:
+                return blocks[choice]
+            sizes = [
+                len(parts[c].phases) for parts, c in zip(dim_parts, choice, strict=True)
+            ]
+            return jnp.zeros((out_channels, *sizes, *counts), dtype)
+        pieces = [assemble((*choice, c)) for c in range(len(dim_parts[i]))]
+        r = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=1 + i)
+        order = [phase for part in dim_parts[i] for phase in part.phases]
+        return _take(r, tuple(sorted(range(len(order)), key=order.__getitem__)), 1 + i)
+
+    return _depth_to_space(assemble(()), stride, counts, starts, lengths)
+
+
+def _take(a: Array, indices: tuple[int, ...], axis: int) -> Array:
+    """`a` at `indices` along `axis`: a slice where they are a contiguous run."""
+    first = indices[0]
+    if indices == tuple(range(first, first + len(indices))):
+        if len(indices) == a.shape[axis]:
+            return a
+        return lax.slice_in_dim(a, first, first + len(indices), axis=axis)
+    return jnp.take(a, jnp.array(indices), axis=axis)
 
 
 def _depth_to_space(

@@ -217,7 +217,10 @@ def conv(
         spectrum (`out_channels * in_channels // groups` transforms of the padded
         input, held in memory) has at most `2**26` entries. All give the same
         values and support forward- and reverse-mode derivatives of any order,
-        `jax.vmap` and `jax.jit`.
+        `jax.vmap` and `jax.jit`, except on non-finite inputs: an `inf` or NaN
+        reaches only the outputs whose window holds it, but through `'fft'` (which
+        `'auto'` may take) every output of its channel group becomes NaN; pass
+        `'xla'` where that matters.
 
     **Returns:**
 

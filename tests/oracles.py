@@ -221,3 +221,72 @@ def lax_local(x, weight, kernel_size, stride, pairs, dilation, groups=1, mode="Z
             )[0]
         )  # fmt: skip
     return jnp.concatenate(outs)
+
+
+# --- Gather-and-add oracles (non-finite safe) -------------------------------------
+# `lax`'s patches are a convolution with an identity kernel, whose zeros turn an `inf`
+# into NaN in every window: these take windows by indexing and sum by adding, as
+# PyTorch's `unfold`/`fold` do, in any number of dimensions.
+
+
+def _dilate(x: torch.Tensor, input_dilation: Sequence[int]) -> torch.Tensor:
+    """Zeros inserted between neighbours along the trailing spatial axes."""
+    n = len(input_dilation)
+    spatial = x.shape[-n:]
+    dilated = [(s - 1) * r + 1 for s, r in zip(spatial, input_dilation, strict=True)]
+    out = torch.zeros((*x.shape[:-n], *dilated), dtype=x.dtype)
+    index = (Ellipsis, *(slice(None, None, r) for r in input_dilation))
+    out[index] = x
+    return out
+
+
+def torch_patches(x, kernel_size, stride, pairs, dilation, mode="ZEROS",
+                  input_dilation=None) -> np.ndarray:  # fmt: skip
+    """`(C * prod(kernel_size), *out)` patches of an unbatched input by
+    `Tensor.unfold` (strided views), channel-major then offsets in row-major order."""
+    n = len(kernel_size)
+    xt = to_torch(x)
+    if input_dilation is not None:
+        xt = _dilate(xt, input_dilation)
+    xt = torch_pad(xt[None], pairs, mode)[0]
+    for i, (k, s, d) in enumerate(zip(kernel_size, stride, dilation, strict=True)):
+        xt = xt.unfold(1 + i, (k - 1) * d + 1, s)[..., ::d]
+    # (C, O1, ..., On, k1, ..., kn) -> (C, k1, ..., kn, O1, ..., On)
+    xt = xt.permute(0, *range(n + 1, 2 * n + 1), *range(1, n + 1))
+    return xt.reshape(-1, *xt.shape[1 + n :]).numpy()
+
+
+def torch_fold(patches, out_spatial_shape, kernel_size, stride, pairs,
+               dilation) -> np.ndarray:  # fmt: skip
+    """The adjoint of zero-padded `torch_patches`: every window added back into a
+    zero-padded array, which is then cropped (`F.fold` in any dimension)."""
+    p = to_torch(patches)
+    windows = p.shape[1:]
+    channels = p.shape[0] // int(np.prod(kernel_size))
+    p = p.reshape(channels, *kernel_size, *windows)
+    padded = [s + lo + hi for s, (lo, hi) in zip(out_spatial_shape, pairs, strict=True)]
+    out = torch.zeros((channels, *padded), dtype=p.dtype)
+    for offset in np.ndindex(*kernel_size):
+        index = tuple(
+            slice(o * d, o * d + (w - 1) * s + 1, s)
+            for o, d, w, s in zip(offset, dilation, windows, stride, strict=True)
+        )
+        out[(slice(None), *index)] += p[(slice(None), *offset)]
+    crop = tuple(
+        slice(lo, lo + s) for s, (lo, _) in zip(out_spatial_shape, pairs, strict=True)
+    )
+    return out[(slice(None), *crop)].numpy()
+
+
+def torch_local(x, weight, kernel_size, stride, pairs, dilation, groups=1,
+                mode="ZEROS", input_dilation=None) -> np.ndarray:  # fmt: skip
+    """A locally connected layer as `torch_patches` and a per-position contraction
+    (`out[o, l] = sum_j weight[o, j, l] * patches[group(o) * J + j, l]`)."""
+    patches = to_torch(torch_patches(x, kernel_size, stride, pairs, dilation, mode,
+                                     input_dilation))  # fmt: skip
+    w = to_torch(weight)
+    out_channels, per_group, *out_shape = w.shape
+    w = w.reshape(groups, out_channels // groups, per_group, -1)
+    p = patches.reshape(groups, per_group, -1)
+    out = torch.einsum("gojl,gjl->gol", w, p)
+    return out.reshape(out_channels, *out_shape).numpy()
