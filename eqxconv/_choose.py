@@ -19,12 +19,15 @@ from ._geometry import is_non_overlapping
 # and a kernel tap, so its compile time grows with the products per output, and
 # under a loss whose cotangent is the output itself (`sum(y ** 2)`) XLA CPU
 # recomputes the forward inside each tap's weight-gradient pass. Up to 20 products
-# (a 3x3 kernel with 1 or 2 channels per group, 1D kernels up to 20) it was the
+# (a 3x3 kernel with 1 or 2 channels per group) it was the
 # fastest grouped lowering under both losses; from 25 (5x5 depthwise, 3x3 with 4
 # channels per group) the FFT lowering was faster under `sum(y ** 2)` and compiled
-# several times faster (`docs/benchmarks.md`, decision grid).
+# several times faster (`docs/benchmarks.md`, decision grid). In 1D the FFT is
+# cheaper still: a depthwise k7 kept the shift lowering ahead, a k15 did not, so 1D
+# kernels stop at the last measured win.
 _MAX_SHIFT_IN_PER_GROUP = 4
 _MAX_SHIFT_PRODUCTS = 20
+_MAX_SHIFT_TAPS_1D = 7
 
 # A direct convolution's cost grows with the kernel, an FFT's with the logarithm of
 # the input: at and above this many taps per input position the FFT lowering was
@@ -121,6 +124,7 @@ def choose_conv_impl(
     if (
         per_group <= _MAX_SHIFT_IN_PER_GROUP
         and per_group * kernel_taps <= _MAX_SHIFT_PRODUCTS
+        and (len(kernel_size) > 1 or kernel_taps <= _MAX_SHIFT_TAPS_1D)
     ):
         return "shift"
     if (

@@ -57,8 +57,8 @@ def test_on_cpu_auto_keeps_its_measured_lowerings(monkeypatch):
     for kernel_size, padded, out, impl in (
         ((5, 5), (20, 20), (16, 16), "fft"),  # 25 products
         ((7, 7), (22, 22), (16, 16), "fft"),
-        ((20,), (275,), (256,), "shift"),
-        ((25,), (280,), (256,), "fft"),
+        ((7,), (262,), (256,), "shift"),
+        ((15,), (270,), (256,), "fft"),  # 1D: at most 7 taps
     ):
         args = dict(
             DEPTHWISE_3X3, kernel_size=kernel_size, padded_shape=padded, out_shape=out
@@ -139,7 +139,7 @@ def test_on_cpu_grouped_beyond_shift_takes_fft(monkeypatch):
         out_shape=(4096,),
     )
     choose = _choose.choose_conv_impl
-    for k, expected in ((15, "shift"), (25, "fft"), (31, "fft"), (255, "fft")):
+    for k, expected in ((7, "shift"), (15, "fft"), (31, "fft"), (255, "fft")):
         shape = (4096 + k - 1,)
         impl = choose(
             **depthwise, kernel_size=(k,), padded_shape=shape, dtype=jnp.float32
