@@ -75,6 +75,7 @@ def choose_conv_impl(
     out_shape: Sequence[int],
     input_dilation: Sequence[int],
     dtype: Any,
+    partitioned: bool = False,
 ) -> Literal["xla", "shift", "fft"]:
     """On CPU, for real floating-point convolutions without input dilation:
 
@@ -96,8 +97,13 @@ def choose_conv_impl(
 
     Otherwise `'xla'`, `lax.conv_general_dilated`: also for ungrouped convolutions
     of few channels (RGB and mono stems), where XLA's dense convolution is the
-    faster, and compiles faster."""
-    if jax.default_backend() != "cpu":
+    faster, and compiles faster.
+
+    `'xla'` too wherever the input may be partitioned (`partitioned`, from
+    `_partition.may_be_partitioned`): XLA's SPMD partitioner splits its own
+    convolution, grouped ones included (`feature_group_count`), along sharded
+    spatial axes with halo exchanges, but gathers the shift and FFT lowerings."""
+    if jax.default_backend() != "cpu" or partitioned:
         return "xla"
     if any(d != 1 for d in input_dilation) or not jnp.issubdtype(dtype, jnp.floating):
         return "xla"
@@ -117,7 +123,10 @@ def choose_conv_impl(
 
 
 def choose_transpose_impl(
-    kernel_size: Sequence[int], stride: Sequence[int], dilation: Sequence[int]
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    dilation: Sequence[int],
+    partitioned: bool = False,
 ) -> Literal["phase", "interior", "lhs_dilation"]:
     """The lowering of a zero-padded transposed convolution
     (`benchmarks/conv_transpose.py`).
@@ -131,8 +140,12 @@ def choose_transpose_impl(
         kernel; where that gives a phase more taps than the kernel has (a dilation
         above the stride), interior padding instead.
     - Off CPU: `'lhs_dilation'`, as `lax.conv_transpose`.
+    - Wherever the input may be partitioned (`partitioned`): `'lhs_dilation'`, a
+        single `lax` convolution, which XLA's SPMD partitioner splits along sharded
+        spatial axes with halo exchanges; it gathers the phases' interleaving.
     """
-    if all(s == 1 for s in stride) or jax.default_backend() != "cpu":
+    unstrided = all(s == 1 for s in stride)
+    if unstrided or jax.default_backend() != "cpu" or partitioned:
         return "lhs_dilation"
     fits = all(
         -(-((k - 1) * d + 1) // s) <= k
@@ -143,12 +156,19 @@ def choose_transpose_impl(
 
 
 def choose_patches_impl(
-    kernel_size: Sequence[int], stride: Sequence[int], dilation: Sequence[int]
-) -> Literal["reshape", "separable"]:
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    dilation: Sequence[int],
+    partitioned: bool = False,
+) -> Literal["reshape", "slices", "separable"]:
     """`'reshape'` for windows that tile the input, else `'separable'`: slicing one
     dimension at a time needs `sum(kernel_size)` slices where one slice per offset
     (`'slices'`) needs `prod(kernel_size)`, so it compiles faster at the same speed
-    (`benchmarks/patches.py`). Patches are data movement on every backend."""
+    (`benchmarks/patches.py`). Patches are data movement on every backend.
+
+    Wherever the input may be partitioned (`partitioned`), overlapping windows take
+    `'slices'`: XLA's SPMD partitioner splits each strided slice of a sharded axis
+    with a halo exchange, but gathers the separable lowering's stacked windows."""
     if is_non_overlapping(kernel_size, stride, dilation):
         return "reshape"
-    return "separable"
+    return "slices" if partitioned else "separable"

@@ -8,6 +8,7 @@ hands the resolved pairs to the padding (`_padding`) and the lowering `_choose`
 picks.
 """
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -57,6 +58,12 @@ from ._lowering_patches import extract_padded, fold_padded
 from ._lowering_shift import shift_conv
 from ._lowering_transpose import transposed_conv
 from ._padding import pad, pad_transpose
+from ._partition import (
+    explicit_split,
+    may_be_partitioned,
+    sharded_adjoint,
+    splits_spatially,
+)
 
 
 def _promote(x: Array, weight: Array) -> tuple[Array, Array]:
@@ -79,6 +86,7 @@ def _cast(out: Array, preferred_element_type: Any) -> Array:
 # --- conv -------------------------------------------------------------------------
 
 
+@splits_spatially(local_weight=False)
 def run_conv(
     where: str,
     x: Array,
@@ -121,6 +129,7 @@ def run_conv(
             out_shape=out_shape,
             input_dilation=input_dilation,
             dtype=x.dtype,
+            partitioned=may_be_partitioned(x),
         )
     if impl == "shift":
         return shift_conv(
@@ -291,6 +300,18 @@ def conv_output_shape(
 # --- conv_transpose -----------------------------------------------------------------
 
 
+def _forward_weight(weight: Array, groups: int) -> Array:
+    """The weight of the forward convolution whose adjoint is the transposed
+    convolution with `weight`: spatial axes flipped, channel axes swapped within each
+    group."""
+    out_channels, per_group, *kernel_size = weight.shape
+    grouped = weight.reshape(groups, out_channels // groups, per_group, *kernel_size)
+    swapped = grouped.swapaxes(1, 2).reshape(
+        groups * per_group, out_channels // groups, *kernel_size
+    )
+    return jnp.flip(swapped, axis=tuple(range(2, weight.ndim)))
+
+
 def run_conv_transpose(
     where: str,
     x: Array,
@@ -321,6 +342,28 @@ def run_conv_transpose(
         output_padding,
     )
     x, weight = _promote(x, weight)
+    split = explicit_split(x)
+    if split is not None:
+        out = sharded_adjoint(
+            lambda v: run_conv(
+                where,
+                v,
+                _forward_weight(weight, groups),
+                stride=stride,
+                padding=pairs,
+                dilation=dilation,
+                input_dilation=(1,) * len(kernel_size),
+                groups=groups,
+                padding_mode=padding_mode,
+                precision=precision,
+                preferred_element_type=None,
+                impl="auto",
+            ),
+            x,
+            split,
+            (weight.shape[0], *out_shape),
+        )
+        return _cast(out, preferred_element_type)
     extents = dilated_shape(kernel_size, dilation)
     if padding_mode == "ZEROS":
         # The forward padding only crops the transposed output.
@@ -342,7 +385,9 @@ def run_conv_transpose(
         groups=groups,
         precision=precision,
         preferred_element_type=preferred_element_type,
-        impl=choose_transpose_impl(kernel_size, stride, dilation)
+        impl=choose_transpose_impl(
+            kernel_size, stride, dilation, partitioned=may_be_partitioned(x)
+        )
         if impl == "auto"
         else impl,
     )
@@ -439,6 +484,7 @@ def conv_transpose(
 # --- Patches ------------------------------------------------------------------------
 
 
+@splits_spatially(local_weight=False)
 def run_extract_patches(
     where: str,
     x: Array,
@@ -461,7 +507,9 @@ def run_extract_patches(
     )
     check_mode_input(where, x.shape, pairs, padding_mode)
     if impl == "auto":
-        impl = choose_patches_impl(kernel_size, stride, dilation)
+        impl = choose_patches_impl(
+            kernel_size, stride, dilation, partitioned=may_be_partitioned(x)
+        )
     padded = pad(x, pairs, padding_mode, input_dilation)
     patches = extract_padded(padded, kernel_size, stride, dilation, out_shape, impl)
     return _cast(patches, preferred_element_type)
@@ -604,8 +652,29 @@ def run_fold_patches(
     padded = tuple(
         size + low + high for size, (low, high) in zip(output_size, pairs, strict=True)
     )
+    split = explicit_split(patches)
+    if split is not None:
+        channels = patches.shape[0] // math.prod(kernel_size)
+
+        def extract(v: Array) -> Array:
+            return run_extract_patches(
+                where,
+                v,
+                kernel_size=kernel_size,
+                stride=stride,
+                padding=pairs,
+                dilation=dilation,
+                padding_mode="ZEROS",
+                input_dilation=(1,) * len(output_size),
+                impl=impl,
+            )
+
+        full = sharded_adjoint(extract, patches, split, (channels, *output_size))
+        return _cast(full, preferred_element_type)
     if impl == "auto":
-        impl = choose_patches_impl(kernel_size, stride, dilation)
+        impl = choose_patches_impl(
+            kernel_size, stride, dilation, partitioned=may_be_partitioned(patches)
+        )
     full = fold_padded(patches, padded, kernel_size, stride, dilation, impl)
     return _cast(
         pad_transpose(full, pairs, "ZEROS", output_size), preferred_element_type
@@ -672,6 +741,7 @@ def fold_patches(
 # --- conv_local ---------------------------------------------------------------------
 
 
+@splits_spatially(local_weight=True)
 def run_conv_local(
     where: str,
     x: Array,
