@@ -223,9 +223,11 @@ def conv(
         convolutions beyond those bounds from 30 taps per position; `'xla'`
         otherwise and on every other backend; `'fft'` only where the kernel's
         spectrum (`out_channels * in_channels // groups` transforms of the padded
-        input, held in memory) has at most `2**26` entries. All give the same
-        values and support forward- and reverse-mode derivatives of any order,
-        `jax.vmap` and `jax.jit`.
+        input, held in memory) has at most `2**26` entries. Wherever the input may
+        be partitioned over several devices, `'xla'`, which XLA's SPMD partitioner
+        splits along sharded spatial axes (see "Scaling across devices"). All give
+        the same values and support forward- and reverse-mode derivatives of any
+        order, `jax.vmap` and `jax.jit`.
 
     **Returns:**
 
@@ -446,8 +448,12 @@ def conv_transpose(
         convolution), `'lhs_dilation'` (as Equinox and `lax.conv_transpose`) or
         `'auto'` (default): on CPU, `'phase'` when strided, unless a dilation above
         the stride would give a phase more taps than the kernel has, then
-        `'interior'`; unstrided, and on every other backend, `'lhs_dilation'`. All
-        give the same values and support forward- and reverse-mode differentiation.
+        `'interior'`; unstrided, on every other backend, and wherever the input may
+        be partitioned over several devices, `'lhs_dilation'`. All give the same
+        values and support forward- and reverse-mode differentiation. On an input
+        explicitly sharded along spatial axes the transposed convolution is
+        computed as the adjoint of the sharded forward one, and `impl` has no
+        effect.
 
     **Returns:**
 
@@ -575,8 +581,9 @@ def extract_patches(
     - `impl`: how the windows are taken: `'reshape'` (non-overlapping windows only:
         a reshape and a transpose), `'slices'` (one strided slice per kernel offset),
         `'separable'` (the windows of one dimension at a time) or `'auto'` (default:
-        `'reshape'` where the windows tile the input, else `'separable'`). All give
-        the same values.
+        `'reshape'` where the windows tile the input, else `'separable'`, or
+        `'slices'` wherever the input may be partitioned over several devices). All
+        give the same values.
     - `num_spatial_dims`: `N`. Needed only with an int `kernel_size` on inputs of
         rank 4 or more, where a 3D volume and a batch of 2D images look alike;
         otherwise `N` is `len(kernel_size)`, or the input's rank minus one.
