@@ -160,15 +160,18 @@ def choose_patches_impl(
     stride: Sequence[int],
     dilation: Sequence[int],
     partitioned: bool = False,
-) -> Literal["reshape", "slices", "separable"]:
+) -> Literal["reshape", "separable", "conv"]:
     """`'reshape'` for windows that tile the input, else `'separable'`: slicing one
     dimension at a time needs `sum(kernel_size)` slices where one slice per offset
     (`'slices'`) needs `prod(kernel_size)`, so it compiles faster at the same speed
     (`benchmarks/patches.py`). Patches are data movement on every backend.
 
     Wherever the input may be partitioned (`partitioned`), overlapping windows take
-    `'slices'`: XLA's SPMD partitioner splits each strided slice of a sharded axis
-    with a halo exchange, but gathers the separable lowering's stacked windows."""
+    `'conv'`, one-hot kernels as a dense convolution (of the channels as its batch):
+    XLA's SPMD partitioner splits it along a sharded spatial axis with one halo
+    exchange each way, its gradient too, where it splits each strided slice
+    (`'slices'`) with its own and gathers the separable lowering's stacked
+    windows."""
     if is_non_overlapping(kernel_size, stride, dilation):
         return "reshape"
-    return "slices" if partitioned else "separable"
+    return "conv" if partitioned else "separable"

@@ -37,10 +37,14 @@ import jax.numpy as jnp
 from jaxtyping import Array
 
 
-PatchesLowering: TypeAlias = Literal["reshape", "slices", "separable"]
+PatchesLowering: TypeAlias = Literal["reshape", "slices", "separable", "conv"]
 """`'reshape'` (non-overlapping windows only), `'slices'` (one strided slice per kernel
 offset), `'separable'` (`kernel_size[i]` strided slices along each dimension `i` in
-turn)."""
+turn), `'conv'` (a convolution with one-hot kernels, for floating-point inputs only
+where they may be partitioned over devices: XLA's SPMD partitioner splits a
+convolution along a sharded spatial axis with one halo exchange, where it splits
+each slice with one; a non-finite input entry, multiplied by the kernel's zeros,
+spreads NaN to its neighbours' windows)."""
 
 
 def _offsets(kernel_size: Sequence[int]) -> list[tuple[int, ...]]:
@@ -167,6 +171,24 @@ def extract_padded(
     n = len(kernel_size)
     channels = x.shape[0]
     size = channels * math.prod(kernel_size)
+    if impl == "conv" and jnp.issubdtype(x.dtype, jnp.inexact):
+        # One single-channel convolution per channel (the channels as its batch),
+        # with a one-hot kernel per offset: a dense convolution, whose gradient is
+        # dense too, where `lax.conv_general_dilated_patches`'s grouped one has a
+        # gradient XLA's partitioner gathers. Exact copies of finite values.
+        taps = math.prod(kernel_size)
+        one_hot = jnp.eye(taps, dtype=x.dtype).reshape((taps, 1, *kernel_size))
+        windows = lax.conv_general_dilated(
+            x[:, None],
+            one_hot,
+            window_strides=tuple(stride),
+            padding="VALID",
+            rhs_dilation=tuple(dilation),
+            precision=lax.Precision.HIGHEST,
+        )
+        return windows.reshape((size, *out_shape))
+    if impl == "conv":
+        impl = "slices"
     if impl == "reshape":
         # Drop the tail no window covers; (C, O1, k1, ..., On, kn) -> (C, k.., O..).
         x = lax.slice(

@@ -54,7 +54,7 @@ from ._geometry import (
 )
 from ._lowering_fft import fft_conv
 from ._lowering_local import local_conv
-from ._lowering_patches import extract_padded, fold_padded
+from ._lowering_patches import extract_padded, fold_padded, PatchesLowering
 from ._lowering_shift import shift_conv
 from ._lowering_transpose import transposed_conv
 from ._padding import pad, pad_transpose
@@ -512,12 +512,15 @@ def run_extract_patches(
         where, x.shape, output_shape, extent, pairs, kernel_size, stride, dilation
     )
     check_mode_input(where, x.shape, pairs, padding_mode)
-    if impl == "auto":
-        impl = choose_patches_impl(
+    lowering: PatchesLowering = (
+        choose_patches_impl(
             kernel_size, stride, dilation, partitioned=may_be_partitioned(x)
         )
+        if impl == "auto"
+        else impl
+    )
     padded = pad(x, pairs, padding_mode, input_dilation)
-    patches = extract_padded(padded, kernel_size, stride, dilation, out_shape, impl)
+    patches = extract_padded(padded, kernel_size, stride, dilation, out_shape, lowering)
     return _cast(patches, preferred_element_type)
 
 
@@ -581,9 +584,11 @@ def extract_patches(
     - `impl`: how the windows are taken: `'reshape'` (non-overlapping windows only:
         a reshape and a transpose), `'slices'` (one strided slice per kernel offset),
         `'separable'` (the windows of one dimension at a time) or `'auto'` (default:
-        `'reshape'` where the windows tile the input, else `'separable'`, or
-        `'slices'` wherever the input may be partitioned over several devices). All
-        give the same values.
+        `'reshape'` where the windows tile the input, else `'separable'`, or,
+        wherever a floating-point input may be partitioned over several devices, a
+        convolution with one-hot kernels, which XLA's SPMD partitioner splits along
+        sharded spatial axes: exact for finite values, but a non-finite entry
+        spreads NaN to its neighbours' windows). All give the same values.
     - `num_spatial_dims`: `N`. Needed only with an int `kernel_size` on inputs of
         rank 4 or more, where a 3D volume and a batch of 2D images look alike;
         otherwise `N` is `len(kernel_size)`, or the input's rank minus one.
@@ -678,11 +683,14 @@ def run_fold_patches(
 
         full = sharded_adjoint(extract, patches, split, (channels, *output_size))
         return _cast(full, preferred_element_type)
-    if impl == "auto":
-        impl = choose_patches_impl(
+    lowering: PatchesLowering = (
+        choose_patches_impl(
             kernel_size, stride, dilation, partitioned=may_be_partitioned(patches)
         )
-    full = fold_padded(patches, padded, kernel_size, stride, dilation, impl)
+        if impl == "auto"
+        else impl
+    )
+    full = fold_padded(patches, padded, kernel_size, stride, dilation, lowering)
     return _cast(
         pad_transpose(full, pairs, "ZEROS", output_size), preferred_element_type
     )
@@ -792,6 +800,11 @@ def run_conv_local(
         precision=precision,
         preferred_element_type=preferred_element_type,
         chunk_size=chunk_size,
+        # Separable on one device, whatever the windows: `local_conv` is tuned
+        # for it.
+        patches_impl=choose_patches_impl(kernel_size, stride, dilation, True)
+        if may_be_partitioned(x)
+        else "separable",
     )
 
 

@@ -197,7 +197,6 @@ def _cases() -> list[Case]:
             img,
             ("x", None),
             _dense_like(2, 8, 3, padding="SAME"),
-            auto=False,
         )
     )
     cases.append(
@@ -207,7 +206,6 @@ def _cases() -> list[Case]:
             (2, 8 * 9, 32, 16),
             ("x", None),
             lambda key: eqxconv.Conv2d(8 * 9, 8, 3, padding=1, impl="xla", key=key),
-            auto=False,
         )
     )
     cases.append(
@@ -220,6 +218,51 @@ def _cases() -> list[Case]:
             ("x", None),
             _dense_like(2, 8, 3, padding="SAME"),
             local=True,
+        )
+    )
+    cases.append(
+        Case(
+            "patches_3d_2axes",
+            lambda key: eqxconv.ExtractPatches(3, 3, padding="SAME", stride=2),
+            (2, 2, 16, 16, 4),
+            ("x", "y", None),
+            _dense_like(3, 2, 3, padding="SAME", stride=2),
+            mesh=((2, 2), ("x", "y")),
+        )
+    )
+    cases.append(
+        Case(
+            "local_1d_circular",
+            lambda key: eqxconv.ConvLocal(
+                1, 4, 4, 5, padding="CIRCULAR", in_spatial_shape=(64,), key=key
+            ),
+            (2, 4, 64),
+            ("x",),
+            _dense_like(1, 4, 5, padding="SAME"),
+            local=True,
+            auto=False,
+        )
+    )
+    cases.append(
+        Case(
+            "transpose_3d_circular",
+            _transpose(3, 4, 3, stride=2, padding="CIRCULAR"),
+            (2, 4, 8, 4, 4),
+            ("x", None, None),
+            _dense_transpose(3, 4, 3, stride=2, padding="SAME"),
+            auto=False,
+        )
+    )
+    cases.append(
+        Case(
+            "transpose_2axes_depthwise",
+            lambda key: eqxconv.ConvTranspose2d(
+                8, 8, 3, stride=2, padding=1, output_padding=1, groups=8, key=key
+            ),
+            (2, 8, 16, 8),
+            ("x", "y"),
+            _dense_transpose(2, 8, 3, stride=2, padding=1, output_padding=1),
+            mesh=((2, 2), ("x", "y")),
             auto=False,
         )
     )

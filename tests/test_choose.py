@@ -172,7 +172,8 @@ def test_auto_lowers_long_kernels_through_ffts(monkeypatch, getkey):
 @pytest.mark.parametrize("backend", ["cpu", "gpu"])
 def test_partitioned_auto_takes_what_xla_partitions(monkeypatch, backend):
     """Where the input may be sharded, the lowerings XLA's SPMD partitioner splits
-    with halo exchanges: its own convolutions, one strided slice per window offset."""
+    with halo exchanges: its own convolutions, patches as a convolution with
+    one-hot kernels."""
     monkeypatch.setattr(_choose.jax, "default_backend", lambda: backend)
     depthwise: dict[str, Any] = dict(
         in_channels=8,
@@ -190,7 +191,7 @@ def test_partitioned_auto_takes_what_xla_partitions(monkeypatch, backend):
         impl = _choose.choose_transpose_impl(kernel, stride, dilation, partitioned=True)
         assert impl == "lhs_dilation"
     assert _choose.choose_patches_impl((3, 3), (1, 1), (1, 1), partitioned=True) == (
-        "slices"
+        "conv"
     )
     assert _choose.choose_patches_impl((2, 2), (2, 2), (1, 1), partitioned=True) == (
         "reshape"
