@@ -127,7 +127,7 @@ def choose_transpose_impl(
     stride: Sequence[int],
     dilation: Sequence[int],
     partitioned: bool = False,
-) -> Literal["phase", "interior", "lhs_dilation"]:
+) -> Literal["phase", "interior", "lhs_dilation", "adjoint"]:
     """The lowering of a zero-padded transposed convolution
     (`benchmarks/conv_transpose.py`).
 
@@ -140,12 +140,18 @@ def choose_transpose_impl(
         kernel; where that gives a phase more taps than the kernel has (a dilation
         above the stride), interior padding instead.
     - Off CPU: `'lhs_dilation'`, as `lax.conv_transpose`.
-    - Wherever the input may be partitioned (`partitioned`): `'lhs_dilation'`, a
-        single `lax` convolution, which XLA's SPMD partitioner splits along sharded
-        spatial axes with halo exchanges; it gathers the phases' interleaving.
+    - Strided, wherever the input may be partitioned (`partitioned`), on every
+        backend: `'adjoint'`, the adjoint of the strided forward convolution
+        (`_lowering_adjoint`), whose gradients XLA's SPMD partitioner splits along
+        sharded spatial axes with halo exchanges; it gathers the phases'
+        interleaving and the `'lhs_dilation'` form's weight gradient.
     """
     unstrided = all(s == 1 for s in stride)
-    if unstrided or jax.default_backend() != "cpu" or partitioned:
+    if unstrided:
+        return "lhs_dilation"
+    if partitioned:
+        return "adjoint"
+    if jax.default_backend() != "cpu":
         return "lhs_dilation"
     fits = all(
         -(-((k - 1) * d + 1) // s) <= k

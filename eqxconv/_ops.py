@@ -49,9 +49,11 @@ from ._geometry import (
     dilated_shape,
     output_shape,
     Padding,
+    PaddingPairs,
     resolve_padding,
     transposed_geometry,
 )
+from ._lowering_adjoint import adjoint_transposed_conv, AdjointConfig
 from ._lowering_fft import fft_conv
 from ._lowering_local import local_conv
 from ._lowering_patches import extract_padded, fold_padded, PatchesLowering
@@ -366,6 +368,21 @@ def run_conv_transpose(
             (weight.shape[0], *out_shape),
         )
         return _cast(out, preferred_element_type)
+    lowering = (
+        choose_transpose_impl(
+            kernel_size, stride, dilation, partitioned=may_be_partitioned(x)
+        )
+        if impl == "auto"
+        else impl
+    )
+    if lowering == "adjoint":
+        out = _partitioned_transpose(
+            x, weight, out_shape, pairs, stride, dilation, groups, padding_mode,
+            precision,
+        )  # fmt: skip
+        if out is not None:
+            return _cast(out, preferred_element_type)
+        lowering = "lhs_dilation"
     extents = dilated_shape(kernel_size, dilation)
     if padding_mode == "ZEROS":
         # The forward padding only crops the transposed output.
@@ -387,11 +404,7 @@ def run_conv_transpose(
         groups=groups,
         precision=precision,
         preferred_element_type=preferred_element_type,
-        impl=choose_transpose_impl(
-            kernel_size, stride, dilation, partitioned=may_be_partitioned(x)
-        )
-        if impl == "auto"
-        else impl,
+        impl=lowering,
     )
     if padding_mode == "ZEROS":
         return out
@@ -448,9 +461,12 @@ def conv_transpose(
         convolution), `'lhs_dilation'` (as Equinox and `lax.conv_transpose`) or
         `'auto'` (default): on CPU, `'phase'` when strided, unless a dilation above
         the stride would give a phase more taps than the kernel has, then
-        `'interior'`; unstrided, on every other backend, and wherever the input may
-        be partitioned over several devices, `'lhs_dilation'`. All give the same
-        values and support forward- and reverse-mode differentiation. On an input
+        `'interior'`; unstrided, and on every other backend, `'lhs_dilation'`;
+        strided and ungrouped wherever the input may be partitioned over several
+        devices (any backend), the reverse-mode derivative of the forward
+        convolution, whose gradients XLA's SPMD partitioner splits along sharded
+        spatial axes. All give the same values and support forward- and
+        reverse-mode differentiation. On an input
         explicitly sharded along spatial axes the transposed convolution is
         computed as the adjoint of the sharded forward one, and `impl` has no
         effect.
@@ -485,6 +501,46 @@ def conv_transpose(
         preferred_element_type=preferred_element_type,
         impl=impl,
     )
+
+
+def _partitioned_transpose(
+    x: Array,
+    weight: Array,
+    out_shape: tuple[int, ...],
+    pairs: PaddingPairs,
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+    groups: int,
+    padding_mode: PaddingMode,
+    precision: Any,
+) -> Array | None:
+    """A strided transposed convolution as the adjoint of its forward convolution
+    (`_lowering_adjoint`), whose gradients XLA's partitioner splits; `None` (for
+    `'lhs_dilation'`) where the forward convolution maps the output's shape onto
+    more than the input's (an `output_padding` of at least the stride), and for
+    grouped convolutions, whose weight tangent would transpose a grouped weight
+    gradient, which `lax` does not implement."""
+    if groups != 1:
+        return None
+    if padding_mode == "ZEROS":
+        domain, forward_pairs = out_shape, pairs
+    else:
+        # Onto the whole padded domain, then the adjoint of the mode's padding.
+        domain = tuple(
+            n + lo + hi for n, (lo, hi) in zip(out_shape, pairs, strict=True)
+        )
+        forward_pairs = ((0, 0),) * len(pairs)
+    kernel_size = weight.shape[2:]
+    if (
+        output_shape(domain, forward_pairs, kernel_size, stride, dilation)
+        != x.shape[1:]
+    ):
+        return None
+    cfg = AdjointConfig(domain, stride, forward_pairs, dilation, groups, precision)
+    out = adjoint_transposed_conv(cfg, x, _forward_weight(weight, groups))
+    if padding_mode == "ZEROS":
+        return out
+    return pad_transpose(out, pairs, padding_mode, out_shape)
 
 
 # --- Patches ------------------------------------------------------------------------

@@ -165,8 +165,6 @@ def _cases() -> list[Case]:
             (2, 8, 16, 8),
             ("x", None),
             _dense_transpose(2, 8, 4, stride=2, padding=1),
-            # XLA gathers in the gradient of its own transposed convolution.
-            auto=False,
         )
     )
     for impl in ("phase", "interior", "lhs_dilation"):

@@ -189,7 +189,9 @@ def test_partitioned_auto_takes_what_xla_partitions(monkeypatch, backend):
         assert _choose.choose_conv_impl(**args, partitioned=True) == "xla"
     for kernel, stride, dilation in (((4, 4), (2, 2), (1, 1)), ((2,), (2,), (5,))):
         impl = _choose.choose_transpose_impl(kernel, stride, dilation, partitioned=True)
-        assert impl == "lhs_dilation"
+        assert impl == "adjoint"
+    unstrided = _choose.choose_transpose_impl((3,), (1,), (1,), partitioned=True)
+    assert unstrided == "lhs_dilation"
     assert _choose.choose_patches_impl((3, 3), (1, 1), (1, 1), partitioned=True) == (
         "conv"
     )
