@@ -29,6 +29,7 @@ from jaxtyping import Array
 from ._bilinear import bilinear
 from ._geometry import window_extent
 from ._lowering_patches import extract_padded, PatchesLowering
+from ._partition import reshape
 
 
 # Above this many output channels per group the input tangent is one contraction
@@ -72,7 +73,7 @@ def _contract(cfg: LocalConfig, weight: Array, patches: Array) -> Array:
     contraction with the positions `l` as a batch dimension."""
     out_channels, per_group = weight.shape[:2]
     w = weight.reshape((cfg.groups, out_channels // cfg.groups, per_group, -1))
-    p = patches.reshape((cfg.groups, per_group, -1))
+    p = reshape(patches, (cfg.groups, per_group, -1))
     out = jnp.einsum(
         "gojl,gjl->gol",
         w,
@@ -80,7 +81,7 @@ def _contract(cfg: LocalConfig, weight: Array, patches: Array) -> Array:
         precision=cfg.precision,
         preferred_element_type=cfg.preferred_element_type,
     )
-    return out.reshape((out_channels, *weight.shape[2:]))
+    return reshape(out, (out_channels, *weight.shape[2:]))
 
 
 def _contract_by_channel(cfg: LocalConfig, weight: Array, patches: Array) -> Array:
@@ -92,10 +93,10 @@ def _contract_by_channel(cfg: LocalConfig, weight: Array, patches: Array) -> Arr
     if dtype is None:
         dtype = jnp.result_type(weight, patches)
     w = weight.reshape((cfg.groups, out_channels // cfg.groups, per_group, -1))
-    p = patches.reshape((cfg.groups, per_group, -1)).astype(dtype)
+    p = reshape(patches, (cfg.groups, per_group, -1)).astype(dtype)
     w = w.astype(dtype)
     rows = [jnp.sum(w[:, q] * p, axis=1) for q in range(out_channels // cfg.groups)]
-    return jnp.stack(rows, axis=1).reshape((out_channels, *weight.shape[2:]))
+    return reshape(jnp.stack(rows, axis=1), (out_channels, *weight.shape[2:]))
 
 
 def _weight_tangent(cfg: LocalConfig, weight_dot: Array, xp: Array) -> Array:

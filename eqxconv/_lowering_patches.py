@@ -36,6 +36,8 @@ import jax.lax as lax
 import jax.numpy as jnp
 from jaxtyping import Array
 
+from ._partition import reshape
+
 
 PatchesLowering: TypeAlias = Literal["reshape", "slices", "separable", "conv"]
 """`'reshape'` (non-overlapping windows only), `'slices'` (one strided slice per kernel
@@ -186,7 +188,7 @@ def extract_padded(
             rhs_dilation=tuple(dilation),
             precision=lax.Precision.HIGHEST,
         )
-        return windows.reshape((size, *out_shape))
+        return reshape(windows, (size, *out_shape))
     if impl == "conv":
         impl = "slices"
     if impl == "reshape":
@@ -196,11 +198,11 @@ def extract_padded(
             (0,) * (n + 1),
             (channels, *(o * k for o, k in zip(out_shape, kernel_size, strict=True))),
         )
-        x = x.reshape(
-            (channels, *itertools.chain(*zip(out_shape, kernel_size, strict=True)))
+        x = reshape(
+            x, (channels, *itertools.chain(*zip(out_shape, kernel_size, strict=True)))
         )
         perm = (0, *range(2, 2 * n + 1, 2), *range(1, 2 * n, 2))
-        return x.transpose(perm).reshape((size, *out_shape))
+        return reshape(x.transpose(perm), (size, *out_shape))
     if impl == "slices":
         parts = []
         for offsets in _offsets(kernel_size):
@@ -213,7 +215,7 @@ def extract_padded(
                 ),
             )
             parts.append(lax.slice(x, start, limit, (1, *stride)))
-        return jnp.stack(parts, axis=1).reshape((size, *out_shape))
+        return reshape(jnp.stack(parts, axis=1), (size, *out_shape))
     # Separable: dimension i's axis becomes (k_i, O_i), giving (C, k1, O1, ..., kn, On).
     if minor_first:
         for i in reversed(range(n)):
@@ -224,7 +226,7 @@ def extract_padded(
         ):
             x = _windows(x, 1 + 2 * i, k, s, d, o)
     perm = (0, *range(1, 2 * n, 2), *range(2, 2 * n + 1, 2))
-    return x.transpose(perm).reshape((size, *out_shape))
+    return reshape(x.transpose(perm), (size, *out_shape))
 
 
 def fold_padded(

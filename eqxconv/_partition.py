@@ -54,6 +54,27 @@ def _sharding(x: Any) -> Any:
         return None
 
 
+def reshape(x: Array, shape: Sequence[int]) -> Array:
+    """`x.reshape(shape)`, for the lowerings' reshapes, whose axes are never split.
+
+    JAX's explicit-mode reshape rule refuses some reshapes that merge or split
+    several axes, even where none of them is split (under `jax.vmap` of a batch
+    split over a mesh axis), unless it is told the output's sharding: unsplit."""
+    shape = tuple(shape)
+    if -1 in shape:
+        known = math.prod(size for size in shape if size != -1)
+        shape = tuple(x.size // known if size == -1 else size for size in shape)
+    sharding = _sharding(x)
+    mesh = getattr(sharding, "mesh", None)
+    if (
+        mesh is not None
+        and AxisType.Explicit in tuple(mesh.axis_types)
+        and all(entry is None for entry in sharding.spec)
+    ):
+        return lax.reshape(x, shape, out_sharding=PartitionSpec())
+    return x.reshape(shape)
+
+
 @dataclasses.dataclass(frozen=True)
 class SpatialSplit:
     """How an input's spatial dimensions are split in its type: the abstract mesh

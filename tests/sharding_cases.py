@@ -149,6 +149,24 @@ def _cases() -> list[Case]:
     )
     cases.append(
         Case(
+            "batch_only_depthwise_transpose",
+            lambda key: eqx.nn.Sequential(
+                [
+                    eqxconv.Conv2d(8, 8, 3, padding="SAME", groups=8, key=key),
+                    eqx.nn.Lambda(jax.nn.relu),
+                    eqxconv.ConvTranspose2d(8, 8, 4, stride=2, padding=1, key=key),
+                    eqxconv.ExtractPatches(2, 3, padding="SAME"),
+                ]
+            ),
+            (8, 8, 32, 16),
+            (None, None),
+            _dense_like(2, 8, 3, padding="SAME"),
+            mesh=((8,), ("data",)),
+            batch="data",
+        )
+    )
+    cases.append(
+        Case(
             "reflect_2axes",
             _conv(2, 8, 8, 3, padding="SAME", padding_mode="REFLECT"),
             img,
