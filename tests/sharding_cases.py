@@ -173,7 +173,6 @@ def _cases() -> list[Case]:
             ("x", "y"),
             _dense_like(2, 8, 3, padding="SAME"),
             mesh=two,
-            auto=False,
         )
     )
     cases.append(
