@@ -76,7 +76,7 @@ def choose_conv_impl(
     input_dilation: Sequence[int],
     dtype: Any,
     partitioned: bool = False,
-) -> Literal["xla", "shift", "fft"]:
+) -> Literal["xla", "shift", "fft", "patches"]:
     """On CPU, for real floating-point convolutions without input dilation:
 
     - `'fft'` for large kernels: at least 100 kernel taps per padded input position
@@ -99,11 +99,21 @@ def choose_conv_impl(
     of few channels (RGB and mono stems), where XLA's dense convolution is the
     faster, and compiles faster.
 
-    `'xla'` too wherever the input may be partitioned (`partitioned`, from
-    `_partition.may_be_partitioned`): XLA's SPMD partitioner splits its own
-    convolution, grouped ones included (`feature_group_count`), along sharded
-    spatial axes with halo exchanges, but gathers the shift and FFT lowerings."""
-    if jax.default_backend() != "cpu" or partitioned:
+    Wherever the input may be partitioned (`partitioned`, from
+    `_partition.may_be_partitioned`), on every backend: `'xla'`, which XLA's SPMD
+    partitioner splits along sharded spatial axes with halo exchanges, where it
+    gathers the shift and FFT lowerings; but for grouped convolutions that are not
+    depthwise (`1 < groups < in_channels`), whose `lax` form it gathers too,
+    `'patches'`: the patches as a one-hot convolution, which it splits, contracted
+    with the weight per position (memory for `prod(kernel_size)` times the
+    input)."""
+    if partitioned:
+        grouped = 1 < groups < in_channels
+        plain = all(d == 1 for d in input_dilation)
+        if grouped and plain and jnp.issubdtype(dtype, jnp.inexact):
+            return "patches"
+        return "xla"
+    if jax.default_backend() != "cpu":
         return "xla"
     if any(d != 1 for d in input_dilation) or not jnp.issubdtype(dtype, jnp.floating):
         return "xla"

@@ -121,8 +121,8 @@ def run_conv(
         # Every other mode: pad once, then a VALID convolution.
         x = pad(x, pairs, padding_mode)
         pairs = ((0, 0),) * len(pairs)
-    if impl == "auto":
-        impl = choose_conv_impl(
+    lowering = (
+        choose_conv_impl(
             in_channels=x.shape[0],
             out_channels=weight.shape[0],
             groups=groups,
@@ -133,7 +133,10 @@ def run_conv(
             dtype=x.dtype,
             partitioned=may_be_partitioned(x),
         )
-    if impl == "shift":
+        if impl == "auto"
+        else impl
+    )
+    if lowering == "shift":
         return shift_conv(
             pad(x, pairs, "ZEROS"),
             weight,
@@ -142,7 +145,18 @@ def run_conv(
             groups=groups,
             preferred_element_type=preferred_element_type,
         )
-    if impl == "fft":
+    if lowering == "patches":
+        return _conv_by_patches(
+            pad(x, pairs, "ZEROS"),
+            weight,
+            stride=stride,
+            dilation=dilation,
+            groups=groups,
+            out_shape=out_shape,
+            precision=precision,
+            preferred_element_type=preferred_element_type,
+        )
+    if lowering == "fft":
         # Zero padding and the input dilation's interleaved zeros in one `lax.pad`.
         widths = ((0, 0, 0),) + tuple(
             (lo, hi, d - 1) for (lo, hi), d in zip(pairs, input_dilation, strict=True)
@@ -167,6 +181,33 @@ def run_conv(
         preferred_element_type=preferred_element_type,
     )
     return out[0]
+
+
+def _conv_by_patches(
+    xp: Array,
+    weight: Array,
+    *,
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+    groups: int,
+    out_shape: tuple[int, ...],
+    precision: Any,
+    preferred_element_type: Any,
+) -> Array:
+    """A grouped convolution of the padded `xp` as its patches (a one-hot
+    convolution, which XLA's partitioner splits along sharded spatial axes)
+    contracted with the weight at every position."""
+    out_channels, per_group, *kernel_size = weight.shape
+    patches = extract_padded(xp, kernel_size, stride, dilation, out_shape, "conv")
+    taps = per_group * math.prod(kernel_size)
+    out = jnp.einsum(
+        "goj,gj...->go...",
+        weight.reshape(groups, out_channels // groups, taps),
+        patches.reshape(groups, taps, *out_shape),
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
+    return out.reshape(out_channels, *out_shape)
 
 
 def conv(
@@ -227,7 +268,9 @@ def conv(
         spectrum (`out_channels * in_channels // groups` transforms of the padded
         input, held in memory) has at most `2**26` entries. Wherever the input may
         be partitioned over several devices, `'xla'`, which XLA's SPMD partitioner
-        splits along sharded spatial axes (see "Scaling across devices"). All give
+        splits along sharded spatial axes, and for grouped convolutions that are
+        not depthwise, which it would gather, patches contracted with the weight
+        (see "Scaling across devices"). All give
         the same values and support forward- and reverse-mode derivatives of any
         order, `jax.vmap` and `jax.jit`.
 

@@ -103,9 +103,8 @@ def _cases() -> list[Case]:
         case = Case(
             name, _conv(2, 8, 8, 3, **kw), img, ("x", None), _dense_like(2, 8, 3, **kw)
         )
-        # XLA gathers grouped convolutions that are not depthwise, and the mode
-        # padding (`jnp.pad`) of a sharded axis costs extra permutes.
-        case.auto = name in ("dense", "depthwise", "stride2", "dilation2")
+        # The mode padding (`jnp.pad`) of a sharded axis costs extra permutes.
+        case.auto = name in ("dense", "depthwise", "groups4", "stride2", "dilation2")
         cases.append(case)
     cases.append(
         Case(

@@ -187,6 +187,11 @@ def test_partitioned_auto_takes_what_xla_partitions(monkeypatch, backend):
     )
     for args in (depthwise, dict(LONG_1D, dtype=jnp.float32)):
         assert _choose.choose_conv_impl(**args, partitioned=True) == "xla"
+    # Grouped but not depthwise: XLA gathers its own, so patches and a contraction.
+    grouped = dict(depthwise, groups=4)
+    assert _choose.choose_conv_impl(**grouped, partitioned=True) == "patches"
+    dilated = dict(grouped, input_dilation=(2, 1))
+    assert _choose.choose_conv_impl(**dilated, partitioned=True) == "xla"
     for kernel, stride, dilation in (((4, 4), (2, 2), (1, 1)), ((2,), (2,), (5,))):
         impl = _choose.choose_transpose_impl(kernel, stride, dilation, partitioned=True)
         assert impl == "adjoint"
