@@ -505,7 +505,7 @@ def conv_transpose(
         `'auto'` (default): on CPU, `'phase'` when strided, unless a dilation above
         the stride would give a phase more taps than the kernel has, then
         `'interior'`; unstrided, and on every other backend, `'lhs_dilation'`;
-        strided and ungrouped wherever the input may be partitioned over several
+        strided, wherever the input may be partitioned over several
         devices (any backend), the reverse-mode derivative of the forward
         convolution, whose gradients XLA's SPMD partitioner splits along sharded
         spatial axes. All give the same values and support forward- and
@@ -560,11 +560,12 @@ def _partitioned_transpose(
     """A strided transposed convolution as the adjoint of its forward convolution
     (`_lowering_adjoint`), whose gradients XLA's partitioner splits; `None` (for
     `'lhs_dilation'`) where the forward convolution maps the output's shape onto
-    more than the input's (an `output_padding` of at least the stride), and for
-    grouped convolutions, whose weight tangent would transpose a grouped weight
-    gradient, which `lax` does not implement."""
-    if groups != 1:
-        return None
+    more than the input's (an `output_padding` of at least the stride).
+
+    Grouped, the weight tangent would transpose a grouped weight gradient, which
+    `lax` does not implement, so there the adjoint is that of the forward
+    convolution as patches contracted with the weight (`_conv_by_patches`), which
+    XLA's partitioner splits too."""
     if padding_mode == "ZEROS":
         domain, forward_pairs = out_shape, pairs
     else:
@@ -579,8 +580,27 @@ def _partitioned_transpose(
         != x.shape[1:]
     ):
         return None
-    cfg = AdjointConfig(domain, stride, forward_pairs, dilation, groups, precision)
-    out = adjoint_transposed_conv(cfg, x, _forward_weight(weight, groups))
+    forward_weight = _forward_weight(weight, groups)
+    if groups == 1:
+        cfg = AdjointConfig(domain, stride, forward_pairs, dilation, groups, precision)
+        out = adjoint_transposed_conv(cfg, x, forward_weight)
+    else:
+
+        def forward(v: Array) -> Array:
+            return _conv_by_patches(
+                pad(v, forward_pairs, "ZEROS"),
+                forward_weight,
+                stride=stride,
+                dilation=dilation,
+                groups=groups,
+                out_shape=x.shape[1:],
+                precision=precision,
+                preferred_element_type=None,
+            )
+
+        zero = jnp.zeros((weight.shape[0], *domain), x.dtype)
+        _, pullback = jax.vjp(forward, zero)
+        (out,) = pullback(x)
     if padding_mode == "ZEROS":
         return out
     return pad_transpose(out, pairs, padding_mode, out_shape)

@@ -277,7 +277,6 @@ def _cases() -> list[Case]:
             ("x", "y"),
             _dense_transpose(2, 8, 3, stride=2, padding=1, output_padding=1),
             mesh=((2, 2), ("x", "y")),
-            auto=False,
         )
     )
     return cases

@@ -435,13 +435,14 @@ def test_repr_and_tree_surgery(getkey):
 
 
 @pytest.mark.parametrize("padding_mode", ["ZEROS", "REFLECT"])
-def test_partitioned_adjoint_lowering(getkey, padding_mode):
+@pytest.mark.parametrize("groups", [1, 2])
+def test_partitioned_adjoint_lowering(getkey, padding_mode, groups):
     """The adjoint form `impl='auto'` takes where the input may be partitioned over
     devices: the default lowering's values, and derivatives in both modes."""
     from eqxconv import _ops
 
-    x = jr.normal(getkey(), (3, 5, 4))
-    w = jr.normal(getkey(), (2, 3, 3, 2))
+    x = jr.normal(getkey(), (2 * groups, 5, 4))
+    w = jr.normal(getkey(), (2 * groups, 2, 3, 2))
     stride, dilation, padding = (2, 1), (1, 2), ((1, 1), (1, 0))
     out_shape, pairs, _ = _ops.transposed_geometry(
         x.shape[1:], padding, w.shape[2:], stride, dilation, (0, 0)
@@ -449,7 +450,7 @@ def test_partitioned_adjoint_lowering(getkey, padding_mode):
 
     def adjoint(x, w):
         out = _ops._partitioned_transpose(
-            x, w, out_shape, pairs, stride, dilation, 1, padding_mode, None
+            x, w, out_shape, pairs, stride, dilation, groups, padding_mode, None
         )
         assert out is not None
         return out
@@ -457,7 +458,7 @@ def test_partitioned_adjoint_lowering(getkey, padding_mode):
     def default(x, w):
         return eqxconv.conv_transpose(
             x, w, stride=stride, padding=padding, dilation=dilation,
-            padding_mode=padding_mode, impl="lhs_dilation",
+            groups=groups, padding_mode=padding_mode, impl="lhs_dilation",
         )  # fmt: skip
 
     assert jnp.allclose(adjoint(x, w), default(x, w), atol=1e-5)
