@@ -81,7 +81,8 @@ def choose_conv_impl(
     out_shape: Sequence[int],
     input_dilation: Sequence[int],
     dtype: Any,
-) -> Literal["xla", "shift", "fft"]:
+    partitioned: bool = False,
+) -> Literal["xla", "shift", "fft", "patches"]:
     """On CPU, for real floating-point convolutions without input dilation:
 
     - `'fft'` for large kernels: at least 100 kernel taps per padded input position
@@ -108,7 +109,22 @@ def choose_conv_impl(
 
     The choice is made on the configuration alone, never on the values: where it is
     `'fft'`, a non-finite input turns every output of its channel group into NaN
-    instead of only those whose window holds it (documented on `eqxconv.conv`)."""
+    instead of only those whose window holds it (documented on `eqxconv.conv`).
+
+    Wherever the input may be partitioned (`partitioned`, from
+    `_partition.may_be_partitioned`), on every backend: `'xla'`, which XLA's SPMD
+    partitioner splits along sharded spatial axes with halo exchanges, where it
+    gathers the shift and FFT lowerings; but for grouped convolutions that are not
+    depthwise (`1 < groups < in_channels`), whose `lax` form it gathers too,
+    `'patches'`: the patches as a one-hot convolution, which it splits, contracted
+    with the weight per position (memory for `prod(kernel_size)` times the
+    input)."""
+    if partitioned:
+        grouped = 1 < groups < in_channels
+        plain = all(d == 1 for d in input_dilation)
+        if grouped and plain and jnp.issubdtype(dtype, jnp.inexact):
+            return "patches"
+        return "xla"
     if jax.default_backend() != "cpu":
         return "xla"
     if any(d != 1 for d in input_dilation) or not jnp.issubdtype(dtype, jnp.floating):
@@ -138,8 +154,11 @@ def choose_conv_impl(
 
 
 def choose_transpose_impl(
-    kernel_size: Sequence[int], stride: Sequence[int], dilation: Sequence[int]
-) -> Literal["phase", "interior", "lhs_dilation"]:
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    dilation: Sequence[int],
+    partitioned: bool = False,
+) -> Literal["phase", "interior", "lhs_dilation", "adjoint"]:
     """The lowering of a zero-padded transposed convolution
     (`benchmarks/conv_transpose.py`).
 
@@ -152,8 +171,18 @@ def choose_transpose_impl(
         kernel; where that gives a phase more taps than the kernel has (a dilation
         above the stride), interior padding instead.
     - Off CPU: `'lhs_dilation'`, as `lax.conv_transpose`.
+    - Strided, wherever the input may be partitioned (`partitioned`), on every
+        backend: `'adjoint'`, the adjoint of the strided forward convolution
+        (`_lowering_adjoint`), whose gradients XLA's SPMD partitioner splits along
+        sharded spatial axes with halo exchanges; it gathers the phases'
+        interleaving and the `'lhs_dilation'` form's weight gradient.
     """
-    if all(s == 1 for s in stride) or jax.default_backend() != "cpu":
+    unstrided = all(s == 1 for s in stride)
+    if unstrided:
+        return "lhs_dilation"
+    if partitioned:
+        return "adjoint"
+    if jax.default_backend() != "cpu":
         return "lhs_dilation"
     fits = all(
         -(-((k - 1) * d + 1) // s) <= k
@@ -164,12 +193,22 @@ def choose_transpose_impl(
 
 
 def choose_patches_impl(
-    kernel_size: Sequence[int], stride: Sequence[int], dilation: Sequence[int]
-) -> Literal["reshape", "separable"]:
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    dilation: Sequence[int],
+    partitioned: bool = False,
+) -> Literal["reshape", "separable", "conv"]:
     """`'reshape'` for windows that tile the input, else `'separable'`: slicing one
     dimension at a time needs `sum(kernel_size)` slices where one slice per offset
     (`'slices'`) needs `prod(kernel_size)`, so it compiles faster at the same speed
-    (`benchmarks/patches.py`). Patches are data movement on every backend."""
+    (`benchmarks/patches.py`). Patches are data movement on every backend.
+
+    Wherever the input may be partitioned (`partitioned`), overlapping windows take
+    `'conv'`, one-hot kernels as a dense convolution (of the channels as its batch):
+    XLA's SPMD partitioner splits it along a sharded spatial axis with one halo
+    exchange each way, its gradient too, where it splits each strided slice
+    (`'slices'`) with its own and gathers the separable lowering's stacked
+    windows."""
     if is_non_overlapping(kernel_size, stride, dilation):
         return "reshape"
-    return "separable"
+    return "conv" if partitioned else "separable"

@@ -28,7 +28,8 @@ from jaxtyping import Array
 
 from ._bilinear import bilinear
 from ._geometry import window_extent
-from ._lowering_patches import extract_padded
+from ._lowering_patches import extract_padded, PatchesLowering
+from ._partition import reshape
 
 
 # Above this many output channels per group the input tangent is one contraction
@@ -53,6 +54,7 @@ class LocalConfig:
     groups: int
     precision: Any
     preferred_element_type: Any
+    patches_impl: PatchesLowering = "separable"
 
     def patches(self, xp: Array, out_shape: Sequence[int]) -> Array:
         return extract_padded(
@@ -61,6 +63,7 @@ class LocalConfig:
             self.stride,
             self.dilation,
             out_shape,
+            impl=self.patches_impl,
             minor_first=True,
         )
 
@@ -70,7 +73,7 @@ def _contract(cfg: LocalConfig, weight: Array, patches: Array) -> Array:
     contraction with the positions `l` as a batch dimension."""
     out_channels, per_group = weight.shape[:2]
     w = weight.reshape((cfg.groups, out_channels // cfg.groups, per_group, -1))
-    p = patches.reshape((cfg.groups, per_group, -1))
+    p = reshape(patches, (cfg.groups, per_group, -1))
     out = jnp.einsum(
         "gojl,gjl->gol",
         w,
@@ -78,7 +81,7 @@ def _contract(cfg: LocalConfig, weight: Array, patches: Array) -> Array:
         precision=cfg.precision,
         preferred_element_type=cfg.preferred_element_type,
     )
-    return out.reshape((out_channels, *weight.shape[2:]))
+    return reshape(out, (out_channels, *weight.shape[2:]))
 
 
 def _contract_by_channel(cfg: LocalConfig, weight: Array, patches: Array) -> Array:
@@ -90,10 +93,10 @@ def _contract_by_channel(cfg: LocalConfig, weight: Array, patches: Array) -> Arr
     if dtype is None:
         dtype = jnp.result_type(weight, patches)
     w = weight.reshape((cfg.groups, out_channels // cfg.groups, per_group, -1))
-    p = patches.reshape((cfg.groups, per_group, -1)).astype(dtype)
+    p = reshape(patches, (cfg.groups, per_group, -1)).astype(dtype)
     w = w.astype(dtype)
     rows = [jnp.sum(w[:, q] * p, axis=1) for q in range(out_channels // cfg.groups)]
-    return jnp.stack(rows, axis=1).reshape((out_channels, *weight.shape[2:]))
+    return reshape(jnp.stack(rows, axis=1), (out_channels, *weight.shape[2:]))
 
 
 def _weight_tangent(cfg: LocalConfig, weight_dot: Array, xp: Array) -> Array:
@@ -102,7 +105,9 @@ def _weight_tangent(cfg: LocalConfig, weight_dot: Array, xp: Array) -> Array:
     out_shape = weight_dot.shape[2:]
     per_group = xp.shape[0] // cfg.groups
     taps = math.prod(cfg.kernel_size)
-    step = -(-per_group // min(_WEIGHT_GRADIENT_SLICES, per_group))
+    # Partitioned over devices, each slice's patches would need halos of their own.
+    slices = 1 if cfg.patches_impl == "conv" else _WEIGHT_GRADIENT_SLICES
+    step = -(-per_group // min(slices, per_group))
     by_group = xp.reshape((cfg.groups, per_group, *xp.shape[1:]))
     total = None
     for start in range(0, per_group, step):
@@ -152,12 +157,20 @@ def local_conv(
     precision: Any = None,
     preferred_element_type: Any = None,
     chunk_size: int | None = None,
+    patches_impl: PatchesLowering = "separable",
 ) -> Array:
     """The locally connected convolution of an already padded `(C, *spatial)` input
     `xp` with a weight `(O, (C // groups) * prod(kernel_size), *out)`, giving
-    `(O, *out)`; `chunk_size` as for `eqxconv.conv_local`."""
+    `(O, *out)`; `chunk_size` as for `eqxconv.conv_local`; `patches_impl` how the
+    patches are taken."""
     cfg = LocalConfig(
-        kernel_size, stride, dilation, groups, precision, preferred_element_type
+        kernel_size,
+        stride,
+        dilation,
+        groups,
+        precision,
+        preferred_element_type,
+        patches_impl,
     )
     out_shape = weight.shape[2:]
     rows = _chunk_rows(chunk_size, out_shape)

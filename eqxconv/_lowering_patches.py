@@ -36,11 +36,17 @@ import jax.lax as lax
 import jax.numpy as jnp
 from jaxtyping import Array
 
+from ._partition import reshape
 
-PatchesLowering: TypeAlias = Literal["reshape", "slices", "separable"]
+
+PatchesLowering: TypeAlias = Literal["reshape", "slices", "separable", "conv"]
 """`'reshape'` (non-overlapping windows only), `'slices'` (one strided slice per kernel
 offset), `'separable'` (`kernel_size[i]` strided slices along each dimension `i` in
-turn)."""
+turn), `'conv'` (a convolution with one-hot kernels, for floating-point inputs only
+where they may be partitioned over devices: XLA's SPMD partitioner splits a
+convolution along a sharded spatial axis with one halo exchange, where it splits
+each slice with one; a non-finite input entry, multiplied by the kernel's zeros,
+spreads NaN to its neighbours' windows)."""
 
 
 def _offsets(kernel_size: Sequence[int]) -> list[tuple[int, ...]]:
@@ -167,6 +173,24 @@ def extract_padded(
     n = len(kernel_size)
     channels = x.shape[0]
     size = channels * math.prod(kernel_size)
+    if impl == "conv" and jnp.issubdtype(x.dtype, jnp.inexact):
+        # One single-channel convolution per channel (the channels as its batch),
+        # with a one-hot kernel per offset: a dense convolution, whose gradient is
+        # dense too, where `lax.conv_general_dilated_patches`'s grouped one has a
+        # gradient XLA's partitioner gathers. Exact copies of finite values.
+        taps = math.prod(kernel_size)
+        one_hot = jnp.eye(taps, dtype=x.dtype).reshape((taps, 1, *kernel_size))
+        windows = lax.conv_general_dilated(
+            x[:, None],
+            one_hot,
+            window_strides=tuple(stride),
+            padding="VALID",
+            rhs_dilation=tuple(dilation),
+            precision=lax.Precision.HIGHEST,
+        )
+        return reshape(windows, (size, *out_shape))
+    if impl == "conv":
+        impl = "slices"
     if impl == "reshape":
         # Drop the tail no window covers; (C, O1, k1, ..., On, kn) -> (C, k.., O..).
         x = lax.slice(
@@ -174,11 +198,11 @@ def extract_padded(
             (0,) * (n + 1),
             (channels, *(o * k for o, k in zip(out_shape, kernel_size, strict=True))),
         )
-        x = x.reshape(
-            (channels, *itertools.chain(*zip(out_shape, kernel_size, strict=True)))
+        x = reshape(
+            x, (channels, *itertools.chain(*zip(out_shape, kernel_size, strict=True)))
         )
         perm = (0, *range(2, 2 * n + 1, 2), *range(1, 2 * n, 2))
-        return x.transpose(perm).reshape((size, *out_shape))
+        return reshape(x.transpose(perm), (size, *out_shape))
     if impl == "slices":
         parts = []
         for offsets in _offsets(kernel_size):
@@ -191,7 +215,7 @@ def extract_padded(
                 ),
             )
             parts.append(lax.slice(x, start, limit, (1, *stride)))
-        return jnp.stack(parts, axis=1).reshape((size, *out_shape))
+        return reshape(jnp.stack(parts, axis=1), (size, *out_shape))
     # Separable: dimension i's axis becomes (k_i, O_i), giving (C, k1, O1, ..., kn, On).
     if minor_first:
         for i in reversed(range(n)):
@@ -202,7 +226,7 @@ def extract_padded(
         ):
             x = _windows(x, 1 + 2 * i, k, s, d, o)
     perm = (0, *range(1, 2 * n, 2), *range(2, 2 * n + 1, 2))
-    return x.transpose(perm).reshape((size, *out_shape))
+    return reshape(x.transpose(perm), (size, *out_shape))
 
 
 def fold_padded(

@@ -50,6 +50,7 @@ import jax.numpy as jnp
 from jaxtyping import Array
 
 from ._bilinear import bilinear
+from ._partition import reshape
 
 
 _Pairs: TypeAlias = tuple[tuple[int, int], ...]
@@ -338,10 +339,12 @@ def _depth_to_space(
     """Interleave phases: `(O * S, V1, ..., VN)` (phases minor, row-major) to
     `(O, V1 * s1, ..., VN * sN)`, then crop to `lengths` from `starts`."""
     n = len(stride)
-    r = r.reshape(-1, *stride, *counts)
+    r = reshape(r, (-1, *stride, *counts))
     out_channels = r.shape[0]
     r = r.transpose((0, *itertools.chain(*((1 + n + i, 1 + i) for i in range(n)))))
-    r = r.reshape(out_channels, *(v * s for v, s in zip(counts, stride, strict=True)))
+    r = reshape(
+        r, (out_channels, *(v * s for v, s in zip(counts, stride, strict=True)))
+    )
     window = tuple(slice(a, a + size) for a, size in zip(starts, lengths, strict=True))
     return r[(slice(None), *window)]
 

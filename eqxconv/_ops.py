@@ -8,6 +8,7 @@ hands the resolved pairs to the padding (`_padding`) and the lowering `_choose`
 picks.
 """
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,15 +49,23 @@ from ._geometry import (
     dilated_shape,
     output_shape,
     Padding,
+    PaddingPairs,
     resolve_padding,
     transposed_geometry,
 )
+from ._lowering_adjoint import adjoint_transposed_conv, AdjointConfig
 from ._lowering_fft import fft_conv
 from ._lowering_local import local_conv
-from ._lowering_patches import extract_padded, fold_padded
+from ._lowering_patches import extract_padded, fold_padded, PatchesLowering
 from ._lowering_shift import shift_conv
 from ._lowering_transpose import transposed_conv
 from ._padding import pad, pad_transpose
+from ._partition import (
+    explicit_split,
+    may_be_partitioned,
+    sharded_adjoint,
+    splits_spatially,
+)
 
 
 def _promote(x: Array, weight: Array) -> tuple[Array, Array]:
@@ -79,6 +88,7 @@ def _cast(out: Array, preferred_element_type: Any) -> Array:
 # --- conv -------------------------------------------------------------------------
 
 
+@splits_spatially(local_weight=False)
 def run_conv(
     where: str,
     x: Array,
@@ -111,8 +121,8 @@ def run_conv(
         # Every other mode: pad once, then a VALID convolution.
         x = pad(x, pairs, padding_mode)
         pairs = ((0, 0),) * len(pairs)
-    if impl == "auto":
-        impl = choose_conv_impl(
+    lowering = (
+        choose_conv_impl(
             in_channels=x.shape[0],
             out_channels=weight.shape[0],
             groups=groups,
@@ -121,8 +131,12 @@ def run_conv(
             out_shape=out_shape,
             input_dilation=input_dilation,
             dtype=x.dtype,
+            partitioned=may_be_partitioned(x),
         )
-    if impl == "shift":
+        if impl == "auto"
+        else impl
+    )
+    if lowering == "shift":
         return shift_conv(
             pad(x, pairs, "ZEROS"),
             weight,
@@ -131,7 +145,18 @@ def run_conv(
             groups=groups,
             preferred_element_type=preferred_element_type,
         )
-    if impl == "fft":
+    if lowering == "patches":
+        return _conv_by_patches(
+            pad(x, pairs, "ZEROS"),
+            weight,
+            stride=stride,
+            dilation=dilation,
+            groups=groups,
+            out_shape=out_shape,
+            precision=precision,
+            preferred_element_type=preferred_element_type,
+        )
+    if lowering == "fft":
         # Zero padding and the input dilation's interleaved zeros in one `lax.pad`.
         widths = ((0, 0, 0),) + tuple(
             (lo, hi, d - 1) for (lo, hi), d in zip(pairs, input_dilation, strict=True)
@@ -156,6 +181,33 @@ def run_conv(
         preferred_element_type=preferred_element_type,
     )
     return out[0]
+
+
+def _conv_by_patches(
+    xp: Array,
+    weight: Array,
+    *,
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+    groups: int,
+    out_shape: tuple[int, ...],
+    precision: Any,
+    preferred_element_type: Any,
+) -> Array:
+    """A grouped convolution of the padded `xp` as its patches (a one-hot
+    convolution, which XLA's partitioner splits along sharded spatial axes)
+    contracted with the weight at every position."""
+    out_channels, per_group, *kernel_size = weight.shape
+    patches = extract_padded(xp, kernel_size, stride, dilation, out_shape, "conv")
+    taps = per_group * math.prod(kernel_size)
+    out = jnp.einsum(
+        "goj,gj...->go...",
+        weight.reshape(groups, out_channels // groups, taps),
+        patches.reshape(groups, taps, *out_shape),
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
+    return out.reshape(out_channels, *out_shape)
 
 
 def conv(
@@ -215,12 +267,16 @@ def conv(
         channels per group, from 5 kernel taps and 1.5 taps per position; `'xla'`
         otherwise and on every other backend; `'fft'` only where the kernel's
         spectrum (`out_channels * in_channels // groups` transforms of the padded
-        input, held in memory) has at most `2**26` entries. All give the same
-        values and support forward- and reverse-mode derivatives of any order,
-        `jax.vmap` and `jax.jit`, except on non-finite inputs: an `inf` or NaN
-        reaches only the outputs whose window holds it, but through `'fft'` (which
-        `'auto'` may take) every output of its channel group becomes NaN; pass
-        `'xla'` where that matters.
+        input, held in memory) has at most `2**26` entries. Wherever the input may
+        be partitioned over several devices, `'xla'`, which XLA's SPMD partitioner
+        splits along sharded spatial axes, and for grouped convolutions that are
+        not depthwise, which it would gather, patches contracted with the weight
+        (see "Scaling across devices"). All give the same values and support
+        forward- and reverse-mode derivatives of any order, `jax.vmap` and
+        `jax.jit`, except on non-finite inputs: an `inf` or NaN reaches only the
+        outputs whose window holds it, but through `'fft'` (which `'auto'` may
+        take) every output of its channel group becomes NaN; pass `'xla'` where
+        that matters.
 
     **Returns:**
 
@@ -295,6 +351,18 @@ def conv_output_shape(
 # --- conv_transpose -----------------------------------------------------------------
 
 
+def _forward_weight(weight: Array, groups: int) -> Array:
+    """The weight of the forward convolution whose adjoint is the transposed
+    convolution with `weight`: spatial axes flipped, channel axes swapped within each
+    group."""
+    out_channels, per_group, *kernel_size = weight.shape
+    grouped = weight.reshape(groups, out_channels // groups, per_group, *kernel_size)
+    swapped = grouped.swapaxes(1, 2).reshape(
+        groups * per_group, out_channels // groups, *kernel_size
+    )
+    return jnp.flip(swapped, axis=tuple(range(2, weight.ndim)))
+
+
 def run_conv_transpose(
     where: str,
     x: Array,
@@ -325,6 +393,43 @@ def run_conv_transpose(
         output_padding,
     )
     x, weight = _promote(x, weight)
+    split = explicit_split(x)
+    if split is not None:
+        out = sharded_adjoint(
+            lambda v: run_conv(
+                where,
+                v,
+                _forward_weight(weight, groups),
+                stride=stride,
+                padding=pairs,
+                dilation=dilation,
+                input_dilation=(1,) * len(kernel_size),
+                groups=groups,
+                padding_mode=padding_mode,
+                precision=precision,
+                preferred_element_type=None,
+                impl="auto",
+            ),
+            x,
+            split,
+            (weight.shape[0], *out_shape),
+        )
+        return _cast(out, preferred_element_type)
+    lowering = (
+        choose_transpose_impl(
+            kernel_size, stride, dilation, partitioned=may_be_partitioned(x)
+        )
+        if impl == "auto"
+        else impl
+    )
+    if lowering == "adjoint":
+        out = _partitioned_transpose(
+            x, weight, out_shape, pairs, stride, dilation, groups, padding_mode,
+            precision,
+        )  # fmt: skip
+        if out is not None:
+            return _cast(out, preferred_element_type)
+        lowering = "lhs_dilation"
     extents = dilated_shape(kernel_size, dilation)
     if padding_mode == "ZEROS":
         # The forward padding only crops the transposed output.
@@ -346,9 +451,7 @@ def run_conv_transpose(
         groups=groups,
         precision=precision,
         preferred_element_type=preferred_element_type,
-        impl=choose_transpose_impl(kernel_size, stride, dilation)
-        if impl == "auto"
-        else impl,
+        impl=lowering,
     )
     if padding_mode == "ZEROS":
         return out
@@ -405,8 +508,15 @@ def conv_transpose(
         convolution), `'lhs_dilation'` (as Equinox and `lax.conv_transpose`) or
         `'auto'` (default): on CPU, `'phase'` when strided, unless a dilation above
         the stride would give a phase more taps than the kernel has, then
-        `'interior'`; unstrided, and on every other backend, `'lhs_dilation'`. All
-        give the same values and support forward- and reverse-mode differentiation.
+        `'interior'`; unstrided, and on every other backend, `'lhs_dilation'`;
+        strided, wherever the input may be partitioned over several
+        devices (any backend), the reverse-mode derivative of the forward
+        convolution, whose gradients XLA's SPMD partitioner splits along sharded
+        spatial axes. All give the same values and support forward- and
+        reverse-mode differentiation. On an input
+        explicitly sharded along spatial axes the transposed convolution is
+        computed as the adjoint of the sharded forward one, and `impl` has no
+        effect.
 
     **Returns:**
 
@@ -440,9 +550,70 @@ def conv_transpose(
     )
 
 
+def _partitioned_transpose(
+    x: Array,
+    weight: Array,
+    out_shape: tuple[int, ...],
+    pairs: PaddingPairs,
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+    groups: int,
+    padding_mode: PaddingMode,
+    precision: Any,
+) -> Array | None:
+    """A strided transposed convolution as the adjoint of its forward convolution
+    (`_lowering_adjoint`), whose gradients XLA's partitioner splits; `None` (for
+    `'lhs_dilation'`) where the forward convolution maps the output's shape onto
+    more than the input's (an `output_padding` of at least the stride).
+
+    Grouped, the weight tangent would transpose a grouped weight gradient, which
+    `lax` does not implement, so there the adjoint is that of the forward
+    convolution as patches contracted with the weight (`_conv_by_patches`), which
+    XLA's partitioner splits too."""
+    if padding_mode == "ZEROS":
+        domain, forward_pairs = out_shape, pairs
+    else:
+        # Onto the whole padded domain, then the adjoint of the mode's padding.
+        domain = tuple(
+            n + lo + hi for n, (lo, hi) in zip(out_shape, pairs, strict=True)
+        )
+        forward_pairs = ((0, 0),) * len(pairs)
+    kernel_size = weight.shape[2:]
+    if (
+        output_shape(domain, forward_pairs, kernel_size, stride, dilation)
+        != x.shape[1:]
+    ):
+        return None
+    forward_weight = _forward_weight(weight, groups)
+    if groups == 1:
+        cfg = AdjointConfig(domain, stride, forward_pairs, dilation, groups, precision)
+        out = adjoint_transposed_conv(cfg, x, forward_weight)
+    else:
+
+        def forward(v: Array) -> Array:
+            return _conv_by_patches(
+                pad(v, forward_pairs, "ZEROS"),
+                forward_weight,
+                stride=stride,
+                dilation=dilation,
+                groups=groups,
+                out_shape=x.shape[1:],
+                precision=precision,
+                preferred_element_type=None,
+            )
+
+        zero = jnp.zeros((weight.shape[0], *domain), x.dtype)
+        _, pullback = jax.vjp(forward, zero)
+        (out,) = pullback(x)
+    if padding_mode == "ZEROS":
+        return out
+    return pad_transpose(out, pairs, padding_mode, out_shape)
+
+
 # --- Patches ------------------------------------------------------------------------
 
 
+@splits_spatially(local_weight=False)
 def run_extract_patches(
     where: str,
     x: Array,
@@ -464,10 +635,15 @@ def run_extract_patches(
         where, x.shape, output_shape, extent, pairs, kernel_size, stride, dilation
     )
     check_mode_input(where, x.shape, pairs, padding_mode)
-    if impl == "auto":
-        impl = choose_patches_impl(kernel_size, stride, dilation)
+    lowering: PatchesLowering = (
+        choose_patches_impl(
+            kernel_size, stride, dilation, partitioned=may_be_partitioned(x)
+        )
+        if impl == "auto"
+        else impl
+    )
     padded = pad(x, pairs, padding_mode, input_dilation)
-    patches = extract_padded(padded, kernel_size, stride, dilation, out_shape, impl)
+    patches = extract_padded(padded, kernel_size, stride, dilation, out_shape, lowering)
     return _cast(patches, preferred_element_type)
 
 
@@ -531,8 +707,11 @@ def extract_patches(
     - `impl`: how the windows are taken: `'reshape'` (non-overlapping windows only:
         a reshape and a transpose), `'slices'` (one strided slice per kernel offset),
         `'separable'` (the windows of one dimension at a time) or `'auto'` (default:
-        `'reshape'` where the windows tile the input, else `'separable'`). All give
-        the same values.
+        `'reshape'` where the windows tile the input, else `'separable'`, or,
+        wherever a floating-point input may be partitioned over several devices, a
+        convolution with one-hot kernels, which XLA's SPMD partitioner splits along
+        sharded spatial axes: exact for finite values, but a non-finite entry
+        spreads NaN to its neighbours' windows). All give the same values.
     - `num_spatial_dims`: `N`. Needed only with an int `kernel_size` on inputs of
         rank 4 or more, where a 3D volume and a batch of 2D images look alike;
         otherwise `N` is `len(kernel_size)`, or the input's rank minus one.
@@ -608,9 +787,33 @@ def run_fold_patches(
     padded = tuple(
         size + low + high for size, (low, high) in zip(output_size, pairs, strict=True)
     )
-    if impl == "auto":
-        impl = choose_patches_impl(kernel_size, stride, dilation)
-    full = fold_padded(patches, padded, kernel_size, stride, dilation, impl)
+    split = explicit_split(patches)
+    if split is not None:
+        channels = patches.shape[0] // math.prod(kernel_size)
+
+        def extract(v: Array) -> Array:
+            return run_extract_patches(
+                where,
+                v,
+                kernel_size=kernel_size,
+                stride=stride,
+                padding=pairs,
+                dilation=dilation,
+                padding_mode="ZEROS",
+                input_dilation=(1,) * len(output_size),
+                impl=impl,
+            )
+
+        full = sharded_adjoint(extract, patches, split, (channels, *output_size))
+        return _cast(full, preferred_element_type)
+    lowering: PatchesLowering = (
+        choose_patches_impl(
+            kernel_size, stride, dilation, partitioned=may_be_partitioned(patches)
+        )
+        if impl == "auto"
+        else impl
+    )
+    full = fold_padded(patches, padded, kernel_size, stride, dilation, lowering)
     return _cast(
         pad_transpose(full, pairs, "ZEROS", output_size), preferred_element_type
     )
@@ -676,6 +879,7 @@ def fold_patches(
 # --- conv_local ---------------------------------------------------------------------
 
 
+@splits_spatially(local_weight=True)
 def run_conv_local(
     where: str,
     x: Array,
@@ -719,6 +923,11 @@ def run_conv_local(
         precision=precision,
         preferred_element_type=preferred_element_type,
         chunk_size=chunk_size,
+        # Separable on one device, whatever the windows: `local_conv` is tuned
+        # for it.
+        patches_impl=choose_patches_impl(kernel_size, stride, dilation, True)
+        if may_be_partitioned(x)
+        else "separable",
     )
 
 

@@ -167,3 +167,51 @@ def test_auto_lowers_long_kernels_through_ffts(monkeypatch, getkey):
     assert "fft" in jaxpr and "conv_general_dilated" not in jaxpr
     short = w[..., :33]
     assert uses_lax_conv(lambda x: eqxconv.conv(x, short, padding="SAME"), x)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])
+def test_partitioned_auto_takes_what_xla_partitions(monkeypatch, backend):
+    """Where the input may be sharded, the lowerings XLA's SPMD partitioner splits
+    with halo exchanges: its own convolutions, patches as a convolution with
+    one-hot kernels."""
+    monkeypatch.setattr(_choose.jax, "default_backend", lambda: backend)
+    depthwise: dict[str, Any] = dict(
+        in_channels=8,
+        out_channels=8,
+        groups=8,
+        kernel_size=(3, 3),
+        padded_shape=(18, 18),
+        out_shape=(16, 16),
+        input_dilation=(1, 1),
+        dtype=jnp.float32,
+    )
+    for args in (depthwise, dict(LONG_1D, dtype=jnp.float32)):
+        assert _choose.choose_conv_impl(**args, partitioned=True) == "xla"
+    # Grouped but not depthwise: XLA gathers its own, so patches and a contraction.
+    grouped = dict(depthwise, groups=4)
+    assert _choose.choose_conv_impl(**grouped, partitioned=True) == "patches"
+    dilated = dict(grouped, input_dilation=(2, 1))
+    assert _choose.choose_conv_impl(**dilated, partitioned=True) == "xla"
+    for kernel, stride, dilation in (((4, 4), (2, 2), (1, 1)), ((2,), (2,), (5,))):
+        impl = _choose.choose_transpose_impl(kernel, stride, dilation, partitioned=True)
+        assert impl == "adjoint"
+    unstrided = _choose.choose_transpose_impl((3,), (1,), (1,), partitioned=True)
+    assert unstrided == "lhs_dilation"
+    assert _choose.choose_patches_impl((3, 3), (1, 1), (1, 1), partitioned=True) == (
+        "conv"
+    )
+    assert _choose.choose_patches_impl((2, 2), (2, 2), (1, 1), partitioned=True) == (
+        "reshape"
+    )
+
+
+def test_may_be_partitioned_on_one_device():
+    """On one device nothing is partitioned, traced or not; a concrete array says
+    so by its sharding."""
+    from eqxconv._partition import may_be_partitioned
+
+    x = jnp.ones((2, 8))
+    assert not may_be_partitioned(x)
+    seen = []
+    jax.jit(lambda x: seen.append(may_be_partitioned(x)) or x)(x)
+    assert seen == [jax.device_count() > 1]

@@ -4,6 +4,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -454,3 +455,33 @@ else:
             [sys.executable, "-c", script], env=env, capture_output=True, text=True
         )
         assert result.stdout.strip() == "caught True", result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("padding_mode", ["ZEROS", "CIRCULAR"])
+def test_grouped_conv_by_patches(getkey, padding_mode):
+    """The grouped convolution `impl='auto'` takes where the input may be partitioned
+    over devices (patches contracted with the weight): `lax`'s values, and
+    derivatives in both modes."""
+    from jax.test_util import check_grads
+
+    from eqxconv import _ops
+
+    x = jr.normal(getkey(), (6, 9, 7))
+    w = jr.normal(getkey(), (4, 3, 3, 2))
+    arguments: dict[str, Any] = dict(
+        stride=(2, 1),
+        padding=((1, 1), (0, 1)),
+        dilation=(1, 2),
+        input_dilation=(1, 1),
+        groups=2,
+        padding_mode=padding_mode,
+        precision=None,
+        preferred_element_type=None,
+    )
+
+    def by_patches(x, w):
+        return _ops.run_conv("test", x, w, impl="patches", **arguments)  # pyright: ignore
+
+    want = _ops.run_conv("test", x, w, impl="xla", **arguments)
+    assert jnp.allclose(by_patches(x, w), want, atol=1e-5)
+    check_grads(by_patches, (x, w), order=2, modes=("fwd", "rev"), atol=1e-2, rtol=1e-2)

@@ -432,3 +432,34 @@ def test_repr_and_tree_surgery(getkey):
     leaves = jax.tree_util.tree_leaves(params)
     assert len(leaves) == 2
     assert layer.out_spatial_shape((3, 4, 5)) == (6, 8, 10)
+
+
+@pytest.mark.parametrize("padding_mode", ["ZEROS", "REFLECT"])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_partitioned_adjoint_lowering(getkey, padding_mode, groups):
+    """The adjoint form `impl='auto'` takes where the input may be partitioned over
+    devices: the default lowering's values, and derivatives in both modes."""
+    from eqxconv import _ops
+
+    x = jr.normal(getkey(), (2 * groups, 5, 4))
+    w = jr.normal(getkey(), (2 * groups, 2, 3, 2))
+    stride, dilation, padding = (2, 1), (1, 2), ((1, 1), (1, 0))
+    out_shape, pairs, _ = _ops.transposed_geometry(
+        x.shape[1:], padding, w.shape[2:], stride, dilation, (0, 0)
+    )
+
+    def adjoint(x, w):
+        out = _ops._partitioned_transpose(
+            x, w, out_shape, pairs, stride, dilation, groups, padding_mode, None
+        )
+        assert out is not None
+        return out
+
+    def default(x, w):
+        return eqxconv.conv_transpose(
+            x, w, stride=stride, padding=padding, dilation=dilation,
+            groups=groups, padding_mode=padding_mode, impl="lhs_dilation",
+        )  # fmt: skip
+
+    assert jnp.allclose(adjoint(x, w), default(x, w), atol=1e-5)
+    check_grads(adjoint, (x, w), order=2, modes=("fwd", "rev"), atol=1e-2, rtol=1e-2)

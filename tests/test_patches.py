@@ -216,3 +216,19 @@ def test_errors():
         eqxconv.fold_patches(jnp.zeros((9, 3, 4)), (6, 6), 3)
     with pytest.raises(ValueError, match="too small"):
         eqxconv.fold_patches(jnp.zeros((9, 1, 1)), (2, 6), 3)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.int32])
+def test_conv_lowering_equals_slices(dtype):
+    """The one-hot convolution that `impl='auto'` takes where the input may be
+    partitioned over devices gives the slices' values (integers fall back to them),
+    and its fold is their fold."""
+    from eqxconv._lowering_patches import extract_padded, fold_padded
+
+    x = (jnp.arange(3 * 9 * 8) % 7).reshape(3, 9, 8).astype(dtype)
+    args = ((3, 2), (2, 1), (1, 2), (4, 6))
+    want = extract_padded(x, *args, impl="slices")
+    assert jnp.array_equal(extract_padded(x, *args, impl="conv"), want)
+    if dtype == jnp.float32:
+        folded = fold_padded(want, (9, 8), *args[:3], impl="conv")
+        assert jnp.allclose(folded, fold_padded(want, (9, 8), *args[:3], impl="slices"))
