@@ -175,16 +175,7 @@ def test_partitioned_auto_takes_what_xla_partitions(monkeypatch, backend):
     with halo exchanges: its own convolutions, patches as a convolution with
     one-hot kernels."""
     monkeypatch.setattr(_choose.jax, "default_backend", lambda: backend)
-    depthwise: dict[str, Any] = dict(
-        in_channels=8,
-        out_channels=8,
-        groups=8,
-        kernel_size=(3, 3),
-        padded_shape=(18, 18),
-        out_shape=(16, 16),
-        input_dilation=(1, 1),
-        dtype=jnp.float32,
-    )
+    depthwise = dict(DEPTHWISE_3X3, dtype=jnp.float32)
     for args in (depthwise, dict(LONG_1D, dtype=jnp.float32)):
         assert _choose.choose_conv_impl(**args, partitioned=True) == "xla"
     # Grouped but not depthwise: XLA gathers its own, so patches and a contraction.
