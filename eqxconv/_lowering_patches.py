@@ -160,9 +160,15 @@ def extract_padded(
     out_shape: Sequence[int],
     impl: PatchesLowering = "separable",
     minor_first: bool = False,
+    zero_padding: Sequence[tuple[int, int]] | None = None,
 ) -> Array:
     """Patches `(C * prod(kernel_size), *out_shape)` of an already padded
     `(C, *spatial)` array, channel-major then kernel offsets in row-major order.
+
+    `zero_padding`, if given, pads `x` with zeros first: the `'conv'` lowering as
+    its convolution's own padding, which XLA's partitioner splits with the
+    convolution's halo exchange, where a separate `lax.pad` of a split axis costs
+    exchanges of its own.
 
     `minor_first` takes the separable windows from the last spatial dimension to the
     first instead of first to last (same result). Alone, first to last runs faster;
@@ -173,7 +179,10 @@ def extract_padded(
     n = len(kernel_size)
     channels = x.shape[0]
     size = channels * math.prod(kernel_size)
-    if impl == "conv" and jnp.issubdtype(x.dtype, jnp.inexact):
+    by_conv = impl == "conv" and jnp.issubdtype(x.dtype, jnp.inexact)
+    if zero_padding is not None and not by_conv:
+        x = lax.pad(x, _zero(x), [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in zero_padding])
+    if by_conv:
         # One single-channel convolution per channel (the channels as its batch),
         # with a one-hot kernel per offset: a dense convolution, whose gradient is
         # dense too, where `lax.conv_general_dilated_patches`'s grouped one has a
@@ -184,7 +193,7 @@ def extract_padded(
             x[:, None],
             one_hot,
             window_strides=tuple(stride),
-            padding="VALID",
+            padding="VALID" if zero_padding is None else tuple(zero_padding),
             rhs_dilation=tuple(dilation),
             precision=lax.Precision.HIGHEST,
         )

@@ -59,10 +59,11 @@ from ._lowering_local import local_conv
 from ._lowering_patches import extract_padded, fold_padded, PatchesLowering
 from ._lowering_shift import shift_conv
 from ._lowering_transpose import transposed_conv
-from ._padding import pad, pad_transpose
+from ._padding import add_border_reads, border_reads, BorderRead, pad, pad_transpose
 from ._partition import (
     explicit_split,
     may_be_partitioned,
+    pads_by_border_reads,
     sharded_adjoint,
     splits_spatially,
 )
@@ -117,7 +118,13 @@ def run_conv(
         size + lo + hi for size, (lo, hi) in zip(extent, pairs, strict=True)
     )
     x, weight = _promote(x, weight)
-    if padding_mode != "ZEROS":
+    reads: tuple[BorderRead, ...] = ()
+    if pads_by_border_reads(x, pairs, padding_mode, input_dilation):
+        reads = border_reads(
+            x.shape[1], pairs[0], kernel_size[0], stride[0], dilation[0],
+            out_shape[0], padding_mode,
+        )  # fmt: skip
+    elif padding_mode != "ZEROS":
         # Every other mode: pad once, then a VALID convolution.
         x = pad(x, pairs, padding_mode)
         pairs = ((0, 0),) * len(pairs)
@@ -136,6 +143,61 @@ def run_conv(
         if impl == "auto"
         else impl
     )
+    out = _lowered_conv(
+        lowering,
+        x,
+        weight,
+        pairs=pairs,
+        stride=stride,
+        dilation=dilation,
+        input_dilation=input_dilation,
+        groups=groups,
+        out_shape=out_shape,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
+    if not reads:
+        return out
+
+    def term(entry: Array, tap: int, _: int) -> Array:
+        return _grouped_matmul(
+            weight[:, :, tap], entry, groups, precision, preferred_element_type
+        )
+
+    return add_border_reads(out, x, reads, term)
+
+
+def _grouped_matmul(
+    weight: Array, entry: Array, groups: int, precision: Any, preferred_element_type: Any
+) -> Array:
+    """`(O, C // groups)` weights applied to the `(C, n)` entries group by group:
+    `(O, n)`, one kernel tap of a grouped convolution."""
+    out_channels, per_group = weight.shape
+    out = jnp.einsum(
+        "goc,gcn->gon",
+        weight.reshape(groups, out_channels // groups, per_group),
+        entry.reshape(groups, per_group, entry.shape[1]),
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
+    return out.reshape(out_channels, entry.shape[1])
+
+
+def _lowered_conv(
+    lowering: ConvImpl,
+    x: Array,
+    weight: Array,
+    *,
+    pairs: PaddingPairs,
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+    input_dilation: tuple[int, ...],
+    groups: int,
+    out_shape: tuple[int, ...],
+    precision: Any,
+    preferred_element_type: Any,
+) -> Array:
+    """The zero-padded convolution of `x` by `pairs` through one lowering."""
     if lowering == "shift":
         return shift_conv(
             pad(x, pairs, "ZEROS"),
@@ -415,6 +477,31 @@ def run_conv_transpose(
             (weight.shape[0], *out_shape),
         )
         return _cast(out, preferred_element_type)
+    if pads_by_border_reads(x, pairs, padding_mode, (1,)):
+        # The adjoint of the forward convolution with zero padding (the same
+        # output through `output_padding=extra`), plus that of its border reads.
+        out = run_conv_transpose(
+            where, x, weight, stride=stride, padding=pairs, output_padding=extra,
+            dilation=dilation, groups=groups, padding_mode="ZEROS",
+            precision=precision, preferred_element_type=None, impl=impl,
+        )  # fmt: skip
+        reads = border_reads(
+            out_shape[0], pairs[0], kernel_size[0], stride[0], dilation[0],
+            x.shape[1], padding_mode,
+        )  # fmt: skip
+        forward_weight = _forward_weight(weight, groups)
+
+        def term(entry: Array, tap: int, _: int) -> Array:
+            return _grouped_matmul(
+                forward_weight[:, :, tap], entry, groups, precision, None
+            )
+
+        def forward_reads(v: Array) -> Array:
+            return add_border_reads(jnp.zeros_like(x), v, reads, term)
+
+        _, pullback = jax.vjp(forward_reads, jnp.zeros_like(out))
+        (border,) = pullback(x)
+        return _cast(out + border, preferred_element_type)
     lowering = (
         choose_transpose_impl(
             kernel_size, stride, dilation, partitioned=may_be_partitioned(x)
@@ -642,9 +729,31 @@ def run_extract_patches(
         if impl == "auto"
         else impl
     )
-    padded = pad(x, pairs, padding_mode, input_dilation)
-    patches = extract_padded(padded, kernel_size, stride, dilation, out_shape, lowering)
-    return _cast(patches, preferred_element_type)
+    if padding_mode == "ZEROS" and all(d == 1 for d in input_dilation):
+        patches = extract_padded(
+            x, kernel_size, stride, dilation, out_shape, lowering, zero_padding=pairs
+        )
+        return _cast(patches, preferred_element_type)
+    if not pads_by_border_reads(x, pairs, padding_mode, input_dilation):
+        padded = pad(x, pairs, padding_mode, input_dilation)
+        patches = extract_padded(
+            padded, kernel_size, stride, dilation, out_shape, lowering
+        )
+        return _cast(patches, preferred_element_type)
+    patches = extract_padded(
+        x, kernel_size, stride, dilation, out_shape, lowering, zero_padding=pairs
+    )
+    reads = border_reads(
+        x.shape[1], pairs[0], kernel_size[0], stride[0], dilation[0], out_shape[0],
+        padding_mode,
+    )  # fmt: skip
+
+    def term(entry: Array, tap: int, _: int) -> Array:
+        # The entry into its kernel tap's rows (channel-major, then taps).
+        taps = jnp.zeros((x.shape[0], kernel_size[0], 1), x.dtype)
+        return taps.at[:, tap].set(entry).reshape(-1, 1)
+
+    return _cast(add_border_reads(patches, x, reads, term), preferred_element_type)
 
 
 def _num_spatial_dims(x: Any, kernel_size: Any, num_spatial_dims: Any) -> int:

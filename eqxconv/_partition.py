@@ -159,6 +159,29 @@ def may_be_partitioned(x: Any) -> bool:
     return jax.device_count() > 1
 
 
+def pads_by_border_reads(
+    x: Any, pairs: PaddingPairs, padding_mode: str, input_dilation: Sequence[int]
+) -> bool:
+    """Whether an op applies `padding_mode` to `x` as zero padding plus the window
+    reads zero padding misses (`_padding.border_reads`) instead of `pad`: for
+    one-dimensional inputs that XLA's partitioner may split (and no input dilation).
+
+    `jnp.pad`'s reflected, replicated and wrapped borders are slices concatenated
+    onto the axis, which the partitioner re-splits with halo exchanges of their own;
+    zero padding is the convolution's own, split with the convolution's halo, and
+    the border reads are one entry each. With two or three spatial axes the split
+    axes are not known when tracing, and reads along one axis cost more exchanges
+    than `jnp.pad` when another axis is the split one (`docs/scaling.md`), so there
+    `pad`."""
+    return (
+        padding_mode != "ZEROS"
+        and len(pairs) == 1
+        and pairs[0] != (0, 0)
+        and all(d == 1 for d in input_dilation)
+        and may_be_partitioned(x)
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class _Halo:
     """The halos of one split spatial dimension: `low` entries from the previous

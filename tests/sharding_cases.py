@@ -115,6 +115,51 @@ def _cases() -> list[Case]:
             _dense_like(1, 8, 3, padding="CAUSAL", dilation=2),
         )
     )
+    # One-dimensional inputs take non-zero padding modes as zero padding plus border
+    # reads, which the partitioner splits like zero padding.
+    for name, kw in (
+        ("reflect1d", dict(padding="SAME", padding_mode="REFLECT")),
+        ("replicate1d_k5_s2", dict(padding=2, stride=2, padding_mode="REPLICATE")),
+        ("circular1d_d2", dict(padding="CIRCULAR", dilation=2)),
+        ("circular1d_groups2", dict(padding="CIRCULAR", groups=2)),
+    ):
+        k = 5 if "k5" in name else 3
+        cases.append(
+            Case(
+                name,
+                _conv(1, 8, 8, k, **kw),
+                (2, 8, 64),
+                ("x",),
+                _dense_like(1, 8, k, **{**kw, "padding": 2 if "k5" in name else "SAME"}),
+            )
+        )
+    cases.append(
+        Case(
+            "transpose1d_reflect",
+            _transpose(1, 8, 3, padding="SAME", padding_mode="REFLECT"),
+            (2, 8, 64),
+            ("x",),
+            _dense_transpose(1, 8, 3, padding="SAME"),
+        )
+    )
+    cases.append(
+        Case(
+            "transpose1d_circular_s2",
+            _transpose(1, 8, 4, stride=2, padding="CIRCULAR"),
+            (2, 8, 32),
+            ("x",),
+            _dense_transpose(1, 8, 4, stride=2, padding=1),
+        )
+    )
+    cases.append(
+        Case(
+            "patches1d_reflect",
+            lambda key: eqxconv.ExtractPatches(1, 5, padding="SAME", padding_mode="REFLECT"),
+            (2, 8, 64),
+            ("x",),
+            _dense_like(1, 8, 5, padding="SAME"),
+        )
+    )
     cases.append(
         Case(
             "depthwise3d",
