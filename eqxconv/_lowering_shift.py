@@ -15,12 +15,20 @@ mode, `vmap` and derivatives of any order keep working):
   zeros for strides) and runs a shift-and-multiply-add with the taps: the input
   gradient costs what the forward costs.
 - the weight tangent splits the first output axis into `R` contiguous blocks and
-  concatenates per-block shift-and-multiply-adds. Its transpose is, per tap, one fused
-  elementwise pass summing the `R` blocks of `cotangent * shifted input` into an array
-  `R` times smaller than the output, then a reduction of that small array. Reductions
-  over a product of two large operands are what XLA's CPU backend is slowest at
-  (every tap materialises a full-size temporary); folding the `R` blocks in the
-  elementwise pass keeps the temporaries small and the reads streaming.
+  concatenates per-block multiply-adds of the windows of every (input channel, tap)
+  product, taken all at once by one gather (with a channel multiplier, one slice per
+  product). Its transpose is one fused elementwise
+  pass over every product, summing the `R` blocks of `cotangent * window` into an
+  array `R` times smaller than the output per product, then one reduction of that
+  array. Reductions over a product of two large operands are what XLA's CPU backend
+  is slowest at (every product materialises a full-size temporary); folding the `R`
+  blocks in the elementwise pass keeps the temporaries small and the reads
+  streaming. One gather rather than one slice per product puts every product in one
+  loop and one reduction, instead of a loop and a reduction each, which XLA compiles
+  several times faster.
+
+The whole convolution is one inner `jax.jit`: identical layers of a model (a
+MobileNet's repeated blocks) are then traced and differentiated once.
 
 Everything works on one unbatched, padded input `(in_channels, *spatial)` with a
 VALID convolution; `jax.vmap` adds the batch axis to every array above, which keeps
@@ -33,8 +41,10 @@ import itertools
 import math
 from typing import Any
 
+import jax
 import jax.lax as lax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array
 
 from ._bilinear import bilinear
@@ -205,8 +215,36 @@ def _identity_boundary(a: Array) -> Array:
     return lax.reduce_precision(a, exponent_bits=info.nexp, mantissa_bits=info.nmant)
 
 
-def _weight_tangent(cfg: ShiftConfig, x: Array, dw: Array) -> Array:
-    """`_forward(x, dw)`, written so that its transpose in `dw` is cheap.
+def _windows(cfg: ShiftConfig, xg: Array) -> Array:
+    """`(G, 1, P, *out_spatial)`: the window of `xg` (grouped, `(G, m, *spatial)`)
+    read by each of the `P = m * taps` products, input channel-major, by one gather
+    (a dynamic slice mapped over the products' start indices)."""
+    starts = np.array(
+        [
+            (0, i, *_tap_offset(tap, cfg.dilation))
+            for i in range(cfg.per_group_in)
+            for tap in cfg.taps
+        ],
+        np.int32,
+    )
+    extent = tuple(
+        (n - 1) * s + 1 for n, s in zip(cfg.out_spatial, cfg.stride, strict=True)
+    )
+    sizes = (cfg.groups, 1, *extent)
+
+    def window(start: Array) -> Array:
+        return lax.dynamic_slice(xg, tuple(start), sizes)
+
+    windows = jax.vmap(window, out_axes=2)(jnp.asarray(starts))
+    if all(s == 1 for s in cfg.stride):
+        return windows
+    return lax.slice(
+        windows, (0,) * windows.ndim, windows.shape, (1, 1, 1, *cfg.stride)
+    )
+
+
+def _weight_tangent_per_tap(cfg: ShiftConfig, x: Array, dw: Array) -> Array:
+    """`_weight_tangent` for channel multipliers above 1, one slice per product.
 
     The first output axis is cut into `cfg.blocks` contiguous blocks, computed
     separately and concatenated, with the taps broadcast once to a block. Transposed:
@@ -246,7 +284,53 @@ def _weight_tangent(cfg: ShiftConfig, x: Array, dw: Array) -> Array:
     return cfg.ungroup(y).astype(cfg.out_dtype)
 
 
-_shift_conv = bilinear(_forward, _input_tangent, _weight_tangent)
+def _weight_tangent(cfg: ShiftConfig, x: Array, dw: Array) -> Array:
+    """`_forward(x, dw)`, written so that its transpose in `dw` is cheap.
+
+    The first output axis is cut into `cfg.blocks` contiguous blocks, each the sum
+    over the products of the block's windows times the products' taps broadcast to
+    a block; the blocks are concatenated. Transposed: one elementwise pass sums
+    `cotangent * window` over the blocks into a block-sized array per product, and
+    one reduction of that array gives every tap's gradient.
+
+    With a channel multiplier above 1 the gathered windows are read once per output
+    channel of a group, and XLA's CPU fusion then materialises them: the windows are
+    sliced per product there (`_weight_tangent_per_tap`), which measured faster and
+    smaller.
+    """
+    if cfg.per_group_out > 1:
+        return _weight_tangent_per_tap(cfg, x, dw)
+    xg = cfg.grouped_input(x.astype(cfg.acc_dtype))
+    r = cfg.blocks
+    q = cfg.out_spatial[0] // r
+    products = cfg.per_group_in * len(cfg.taps)
+    shape = (cfg.groups, cfg.per_group_out, products, q, *cfg.out_spatial[1:])
+    taps = dw.astype(cfg.acc_dtype).reshape(*shape[:3], *(1,) * cfg.n)
+    taps = jnp.broadcast_to(taps, shape)
+    # Under `jax.vmap` the taps are unbatched: multiplying by ones that carry the
+    # batch axis broadcasts them once here, so that transposed, the batch is summed
+    # once, after the block sum (not once per block).
+    one = jnp.ones(shape, taps.dtype)
+    corner = lax.slice(xg, (0,) * xg.ndim, (1,) * xg.ndim)[:, :, None]
+    taps = taps * lax.select(jnp.broadcast_to(corner != corner, shape), one, one)
+    # An identity: transposed, it keeps the block sum an elementwise pass of its
+    # own, ahead of the reduction (else XLA's CPU backend hands product and
+    # reduction to one library call that materialises every window).
+    taps = _identity_boundary(taps)
+    windows = _windows(cfg, xg)
+    pieces = [
+        jnp.sum(lax.slice_in_dim(windows, j * q, (j + 1) * q, axis=3) * taps, axis=2)
+        for j in range(r)
+    ]
+    y = pieces[0] if r == 1 else jnp.concatenate(pieces, axis=2)
+    return cfg.ungroup(y).astype(cfg.out_dtype)
+
+
+# `cfg` (hashable) is static: every call with the same configuration and input types
+# reuses one trace, and one linearisation and transpose of it.
+_shift_conv = jax.jit(
+    bilinear(_forward, _input_tangent, _weight_tangent), static_argnums=0
+)
 
 
 def _acc_dtype(dtype: Any) -> Any:
