@@ -168,7 +168,11 @@ def run_conv(
 
 
 def _grouped_matmul(
-    weight: Array, entry: Array, groups: int, precision: Any, preferred_element_type: Any
+    weight: Array,
+    entry: Array,
+    groups: int,
+    precision: Any,
+    preferred_element_type: Any,
 ) -> Array:
     """`(O, C // groups)` weights applied to the `(C, n)` entries group by group:
     `(O, n)`, one kernel tap of a grouped convolution."""
@@ -184,7 +188,7 @@ def _grouped_matmul(
 
 
 def _lowered_conv(
-    lowering: ConvImpl,
+    lowering: str,
     x: Array,
     weight: Array,
     *,

@@ -130,7 +130,9 @@ def _cases() -> list[Case]:
                 _conv(1, 8, 8, k, **kw),
                 (2, 8, 64),
                 ("x",),
-                _dense_like(1, 8, k, **{**kw, "padding": 2 if "k5" in name else "SAME"}),
+                _dense_like(
+                    1, 8, k, **{**kw, "padding": 2 if "k5" in name else "SAME"}
+                ),
             )
         )
     cases.append(
@@ -154,7 +156,9 @@ def _cases() -> list[Case]:
     cases.append(
         Case(
             "patches1d_reflect",
-            lambda key: eqxconv.ExtractPatches(1, 5, padding="SAME", padding_mode="REFLECT"),
+            lambda key: eqxconv.ExtractPatches(
+                1, 5, padding="SAME", padding_mode="REFLECT"
+            ),
             (2, 8, 64),
             ("x",),
             _dense_like(1, 8, 5, padding="SAME"),
