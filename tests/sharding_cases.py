@@ -151,6 +151,10 @@ def _cases() -> list[Case]:
             (2, 8, 32),
             ("x",),
             _dense_transpose(1, 8, 4, stride=2, padding=1),
+            # The strided adjoint lowering's weight gradient reverses whole shards
+            # onto the mirror devices (lax's transpose rules flip the activation
+            # that acts as a kernel): with the border reads, over budget.
+            auto=False,
         )
     )
     cases.append(
