@@ -251,9 +251,14 @@ def main() -> None:
     parser.add_argument("--no-torch", action="store_true")
     args = parser.parse_args()
     repeats, compiles = (5, 1) if args.quick else (20, 3)
+    titles = {
+        "step": "train step (forward+backward)",
+        "first call": "first call (trace + compile)",
+        "peak": "peak",
+    }
     tables = {
-        title: Table(title, "equinox", memory=title == "peak")
-        for title in ("step", "first call", "peak")
+        key: Table(title, "equinox", memory=key == "peak")
+        for key, title in titles.items()
     }
     for name, build in MODELS.items():
         if args.only and args.only.lower() not in name.lower():
