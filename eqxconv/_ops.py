@@ -159,7 +159,7 @@ def run_conv(
     if not reads:
         return out
 
-    def term(entry: Array, tap: int, _: int) -> Array:
+    def term(entry: Array, tap: int) -> Array:
         return _grouped_matmul(
             weight[:, :, tap], entry, groups, precision, preferred_element_type
         )
@@ -495,7 +495,7 @@ def run_conv_transpose(
         )  # fmt: skip
         forward_weight = _forward_weight(weight, groups)
 
-        def term(entry: Array, tap: int, _: int) -> Array:
+        def term(entry: Array, tap: int) -> Array:
             return _grouped_matmul(
                 forward_weight[:, :, tap], entry, groups, precision, None
             )
@@ -733,26 +733,24 @@ def run_extract_patches(
         if impl == "auto"
         else impl
     )
-    if padding_mode == "ZEROS" and all(d == 1 for d in input_dilation):
+    by_reads = pads_by_border_reads(x, pairs, padding_mode, input_dilation)
+    if by_reads or (padding_mode == "ZEROS" and all(d == 1 for d in input_dilation)):
         patches = extract_padded(
             x, kernel_size, stride, dilation, out_shape, lowering, zero_padding=pairs
         )
-        return _cast(patches, preferred_element_type)
-    if not pads_by_border_reads(x, pairs, padding_mode, input_dilation):
+    else:
         padded = pad(x, pairs, padding_mode, input_dilation)
         patches = extract_padded(
             padded, kernel_size, stride, dilation, out_shape, lowering
         )
+    if not by_reads:
         return _cast(patches, preferred_element_type)
-    patches = extract_padded(
-        x, kernel_size, stride, dilation, out_shape, lowering, zero_padding=pairs
-    )
     reads = border_reads(
         x.shape[1], pairs[0], kernel_size[0], stride[0], dilation[0], out_shape[0],
         padding_mode,
     )  # fmt: skip
 
-    def term(entry: Array, tap: int, _: int) -> Array:
+    def term(entry: Array, tap: int) -> Array:
         # The entry into its kernel tap's rows (channel-major, then taps).
         taps = jnp.zeros((x.shape[0], kernel_size[0], 1), x.dtype)
         return taps.at[:, tap].set(entry).reshape(-1, 1)

@@ -106,10 +106,10 @@ def add_border_reads(
     y: Array,
     x: Array,
     reads: Sequence[BorderRead],
-    term: Callable[[Array, int, int], Array],
+    term: Callable[[Array, int], Array],
 ) -> Array:
     """`y` (`(channels, out)`) plus, at each read's output position, the sum of
-    `term(x[:, source : source + 1], tap, out)` over the reads of that position.
+    `term(x[:, source : source + 1], tap)` over the reads of that position.
 
     Each read is a one-entry slice of `x`'s axis, which XLA's partitioner does not
     split: it sends the entry from the device holding it, where the mode's `jnp.pad`
@@ -120,7 +120,7 @@ def add_border_reads(
         by_out.setdefault(read.out, []).append(read)
     for out, group in by_out.items():
         terms = [
-            term(lax.slice_in_dim(x, r.source, r.source + 1, axis=1), r.tap, out)
+            term(lax.slice_in_dim(x, r.source, r.source + 1, axis=1), r.tap)
             for r in group
         ]
         y = y.at[:, out : out + 1].add(sum(terms[1:], terms[0]).astype(y.dtype))

@@ -9,6 +9,8 @@ and every op is compared with `jnp.pad` followed by `lax`'s own op: values, VJPs
 JVPs, for each lowering of the zero-padded part.
 """
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -76,7 +78,7 @@ def test_conv_matches_padded_lax(
     border_reads_taken, impl, mode, k, s, d, pair, groups, n, getkey
 ):
     cin, cout = 4, 6
-    kw = dict(stride=(s,), dilation=(d,), groups=groups)
+    kw: dict[str, Any] = dict(stride=(s,), dilation=(d,), groups=groups)
 
     def f(x, w):
         return eqxconv.conv(x, w, padding=(pair,), padding_mode=mode, impl=impl, **kw)
@@ -100,7 +102,7 @@ def test_conv_transpose_is_the_adjoint_of_padded_lax(
     out = eqxconv.conv_output_shape((n,), k, stride=s, padding=(pair,), dilation=d)
     extent = (k - 1) * d + 1
     output_padding = n - ((out[0] - 1) * s - sum(pair) + extent)
-    kw = dict(stride=(s,), dilation=(d,), groups=groups)
+    kw: dict[str, Any] = dict(stride=(s,), dilation=(d,), groups=groups)
 
     def forward(v, w_forward):
         return lax_conv(v, w_forward, pairs=(pair,), mode=mode, **kw)
@@ -141,7 +143,7 @@ def test_extract_patches_match_padded_lax(
 ):
     del groups
     c = 3
-    kw = dict(stride=(s,), dilation=(d,))
+    kw: dict[str, Any] = dict(stride=(s,), dilation=(d,))
 
     def f(x, w):
         patches = eqxconv.extract_patches(
