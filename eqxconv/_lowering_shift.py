@@ -170,7 +170,7 @@ def _forward(cfg: ShiftConfig, x: Array, w: Array) -> Array:
             term = window[:, None] * cfg.tap_weight(wg, i, t)
             acc = term if acc is None else acc + term
     assert acc is not None
-    return cfg.ungroup(acc).astype(cfg.out_dtype)
+    return _unfused(cfg.ungroup(acc).astype(cfg.out_dtype))
 
 
 def _input_tangent(cfg: ShiftConfig, dx: Array, w: Array) -> Array:
@@ -205,6 +205,33 @@ def _input_tangent(cfg: ShiftConfig, dx: Array, w: Array) -> Array:
     acc = jnp.stack(accs, axis=1)
     y = _window(acc, reach, cfg.out_spatial, cfg.stride, 2)
     return cfg.ungroup(y).astype(cfg.out_dtype)
+
+
+def _unfused(a: Array) -> Array:
+    """`a`, materialised: never recomputed inside a fusion that reads it.
+
+    XLA's CPU fusion pass duplicates a cheap producer (adds, multiplies, slices) into
+    every consumer, even one that reads each element many times, and keeps only
+    "expensive" producers such as a gather out of such consumers. The shift forward
+    is all cheap ops, so when the loss feeds the output back into the backward pass
+    (`sum(y**2)`, an MSE after a ReLU) XLA recomputes every tap of the forward inside
+    the weight gradient's pass over the products. An identity gather makes the
+    output one materialised array instead.
+    """
+    return jnp.take(a, jnp.arange(a.shape[0]), axis=0, mode="clip")
+
+
+def _unfused_cotangent(a: Array) -> Array:
+    """`a` through an identity scatter-add, whose transpose is `_unfused`: the
+    cotangent reaching the weight gradient is materialised once rather than recomputed
+    inside its pass over the products (the cotangent of a preceding shift layer is a
+    sum over taps, as cheap to duplicate as the forward)."""
+    index = jnp.arange(a.shape[0])
+    return (
+        jnp.zeros_like(a)
+        .at[index]
+        .add(a, indices_are_sorted=True, unique_indices=True, mode="promise_in_bounds")
+    )
 
 
 def _identity_boundary(a: Array) -> Array:
@@ -281,7 +308,7 @@ def _weight_tangent_per_tap(cfg: ShiftConfig, x: Array, dw: Array) -> Array:
                 term = blocks[j] * tap_w
                 pieces[j] = term if pieces[j] is None else pieces[j] + term
     y = pieces[0] if r == 1 else jnp.concatenate(pieces, axis=2)
-    return cfg.ungroup(y).astype(cfg.out_dtype)
+    return _unfused_cotangent(cfg.ungroup(y).astype(cfg.out_dtype))
 
 
 def _weight_tangent(cfg: ShiftConfig, x: Array, dw: Array) -> Array:
@@ -323,7 +350,7 @@ def _weight_tangent(cfg: ShiftConfig, x: Array, dw: Array) -> Array:
         for j in range(r)
     ]
     y = pieces[0] if r == 1 else jnp.concatenate(pieces, axis=2)
-    return cfg.ungroup(y).astype(cfg.out_dtype)
+    return _unfused_cotangent(cfg.ungroup(y).astype(cfg.out_dtype))
 
 
 # `cfg` (hashable) is static: every call with the same configuration and input types
