@@ -16,8 +16,8 @@ mode, `vmap` and derivatives of any order keep working):
   gradient costs what the forward costs.
 - the weight tangent splits the first output axis into `R` contiguous blocks and
   concatenates per-block multiply-adds of the windows of every (input channel, tap)
-  product, taken all at once by one gather (with a channel multiplier, one slice per
-  product). Its transpose is one fused elementwise
+  product, taken all at once by one gather (once per output channel of a group).
+  Its transpose is one fused elementwise
   pass over every product, summing the `R` blocks of `cotangent * window` into an
   array `R` times smaller than the output per product, then one reduction of that
   array. Reductions over a product of two large operands are what XLA's CPU backend
@@ -26,6 +26,11 @@ mode, `vmap` and derivatives of any order keep working):
   streaming. One gather rather than one slice per product puts every product in one
   loop and one reduction, instead of a loop and a reduction each, which XLA compiles
   several times faster.
+- the forward's output and the cotangent reaching the weight gradient are each
+  materialised once (`_unfused`, `_unfused_cotangent`): both are cheap elementwise
+  sums over taps, which XLA's CPU fusion would otherwise recompute inside the weight
+  gradient's pass over the products whenever the loss feeds the output back into
+  the backward pass (`sum(y**2)`, an MSE after a ReLU).
 
 The whole convolution is one inner `jax.jit`: identical layers of a model (a
 MobileNet's repeated blocks) are then traced and differentiated once.
@@ -243,12 +248,19 @@ def _identity_boundary(a: Array) -> Array:
 
 
 def _windows(cfg: ShiftConfig, xg: Array) -> Array:
-    """`(G, 1, P, *out_spatial)`: the window of `xg` (grouped, `(G, m, *spatial)`)
+    """`(G, k, P, *out_spatial)`: the window of `xg` (grouped, `(G, m, *spatial)`)
     read by each of the `P = m * taps` products, input channel-major, by one gather
-    (a dynamic slice mapped over the products' start indices)."""
+    (a dynamic slice mapped over the products' start indices), once for each of the
+    `k` output channels of a group.
+
+    Reading a window once per output channel (rather than broadcasting one read)
+    keeps each output channel's pass over the products a gather of its own: a
+    broadcast gather read by every output channel is materialised by XLA's CPU
+    fusion, a per-channel one is fused into the pass that reads it."""
     starts = np.array(
         [
             (0, i, *_tap_offset(tap, cfg.dilation))
+            for _ in range(cfg.per_group_out)
             for i in range(cfg.per_group_in)
             for tap in cfg.taps
         ],
@@ -263,52 +275,12 @@ def _windows(cfg: ShiftConfig, xg: Array) -> Array:
         return lax.dynamic_slice(xg, tuple(start), sizes)
 
     windows = jax.vmap(window, out_axes=2)(jnp.asarray(starts))
+    windows = windows.reshape(cfg.groups, cfg.per_group_out, -1, *extent)
     if all(s == 1 for s in cfg.stride):
         return windows
     return lax.slice(
         windows, (0,) * windows.ndim, windows.shape, (1, 1, 1, *cfg.stride)
     )
-
-
-def _weight_tangent_per_tap(cfg: ShiftConfig, x: Array, dw: Array) -> Array:
-    """`_weight_tangent` for channel multipliers above 1, one slice per product.
-
-    The first output axis is cut into `cfg.blocks` contiguous blocks, computed
-    separately and concatenated, with the taps broadcast once to a block. Transposed:
-    per tap, one elementwise pass sums `cotangent * window` over the blocks into a
-    block-sized array, and a reduction of that small array gives the tap's gradient.
-    """
-    xg = cfg.grouped_input(x.astype(cfg.acc_dtype))
-    wg = cfg.grouped_weight(dw.astype(cfg.acc_dtype))
-    r = cfg.blocks
-    q = cfg.out_spatial[0] // r
-    block_shape = (cfg.groups, cfg.per_group_out, q, *cfg.out_spatial[1:])
-    pieces: list[Any] = [None] * r
-    for i in range(cfg.per_group_in):
-        xi = xg[:, i]
-        for t, tap in enumerate(cfg.taps):
-            offset = _tap_offset(tap, cfg.dilation)
-            window = _window(xi, offset, cfg.out_spatial, cfg.stride, 1)
-            blocks = [
-                lax.slice_in_dim(window, j * q, (j + 1) * q, axis=1)[:, None]
-                for j in range(r)
-            ]
-            tap_w = jnp.broadcast_to(cfg.tap_weight(wg, i, t), block_shape)
-            # Under `jax.vmap` the taps are unbatched: multiplying by ones that carry
-            # the batch axis broadcasts them once here, so that transposed, the batch
-            # is summed once, after the block sum (not once per block).
-            one = jnp.ones(block_shape, tap_w.dtype)
-            batched = jnp.broadcast_to(blocks[0] != blocks[0], block_shape)
-            tap_w = tap_w * lax.select(batched, one, one)
-            # An identity: transposed, it keeps the block sum an elementwise pass of
-            # its own, ahead of the reduction (else XLA's CPU backend hands product
-            # and reduction to one library call that materialises every window).
-            tap_w = _identity_boundary(tap_w)
-            for j in range(r):
-                term = blocks[j] * tap_w
-                pieces[j] = term if pieces[j] is None else pieces[j] + term
-    y = pieces[0] if r == 1 else jnp.concatenate(pieces, axis=2)
-    return _unfused_cotangent(cfg.ungroup(y).astype(cfg.out_dtype))
 
 
 def _weight_tangent(cfg: ShiftConfig, x: Array, dw: Array) -> Array:
@@ -319,14 +291,7 @@ def _weight_tangent(cfg: ShiftConfig, x: Array, dw: Array) -> Array:
     a block; the blocks are concatenated. Transposed: one elementwise pass sums
     `cotangent * window` over the blocks into a block-sized array per product, and
     one reduction of that array gives every tap's gradient.
-
-    With a channel multiplier above 1 the gathered windows are read once per output
-    channel of a group, and XLA's CPU fusion then materialises them: the windows are
-    sliced per product there (`_weight_tangent_per_tap`), which measured faster and
-    smaller.
     """
-    if cfg.per_group_out > 1:
-        return _weight_tangent_per_tap(cfg, x, dw)
     xg = cfg.grouped_input(x.astype(cfg.acc_dtype))
     r = cfg.blocks
     q = cfg.out_spatial[0] // r
