@@ -15,19 +15,19 @@ import jax.numpy as jnp
 from ._geometry import is_non_overlapping
 
 
-# The shift lowering unrolls one slice per product of an input channel of a group
-# and a kernel tap, so its compile time grows with the products per output, and
-# under a loss whose cotangent is the output itself (`sum(y ** 2)`) XLA CPU
-# recomputes the forward inside each tap's weight-gradient pass. Up to 20 products
-# (a 3x3 kernel with 1 or 2 channels per group) it was the
-# fastest grouped lowering under both losses; from 25 (5x5 depthwise, 3x3 with 4
-# channels per group) the FFT lowering was faster under `sum(y ** 2)` and compiled
-# several times faster (`docs/benchmarks.md`, decision grid). In 1D the FFT is
-# cheaper still: a depthwise k7 kept the shift lowering ahead, a k15 did not, so 1D
-# kernels stop at the last measured win.
+# The shift lowering reads one window per product of an input channel of a group
+# and a kernel tap, so its compile time grows with the products per output. With its
+# forward and cotangent materialised (`_lowering_shift._unfused`) it was the fastest
+# grouped lowering under both losses on every measured configuration up to 49
+# products (a 7x7 depthwise kernel) and 15 taps in 1D, but it compiles slower than
+# the FFT lowering. The bound is set by whole models' first calls: with 7x7
+# depthwise layers (49 products) on the shift lowering a ConvNeXt-like model's first
+# call passed 1.5x Equinox's, for a step only a little faster than the FFT's; up to
+# 36 products (a 3x3 kernel with 4 channels per group, 3x3x3 and 5x5 depthwise) the
+# step gain is large and no measured model pays for it (`docs/benchmarks.md`).
 _MAX_SHIFT_IN_PER_GROUP = 4
-_MAX_SHIFT_PRODUCTS = 20
-_MAX_SHIFT_TAPS_1D = 7
+_MAX_SHIFT_PRODUCTS = 36
+_MAX_SHIFT_TAPS_1D = 15
 
 # A direct convolution's cost grows with the kernel, an FFT's with the logarithm of
 # the input: at and above this many taps per input position the FFT lowering was
@@ -90,10 +90,13 @@ def choose_conv_impl(
         measured faster forward and forward+backward (`benchmarks/fft.py`).
     - `'shift'` for grouped convolutions with at most 4 input channels per group
         (depthwise is 1; any channel multiplier, stride, dilation, padding,
-        1D/2D/3D) and at most 20 products per output element (channels per group
-        times kernel taps: 3x3 depthwise yes, 5x5 no): XLA's CPU grouped
-        convolution is slow there, forward and backward (`benchmarks/auto.py`,
-        `benchmarks/depthwise.py`).
+        1D/2D/3D), at most 36 products per output element (channels per group
+        times kernel taps: 5x5 depthwise and 3x3 with 4 channels per group yes,
+        7x7 depthwise no) and in 1D at most 15 taps: XLA's CPU grouped convolution
+        is slow there, forward and backward, and the shift lowering was faster
+        than the FFT lowering under both a linear loss and `sum(y ** 2)`
+        (`benchmarks/auto.py`); beyond, its slower compile outweighed its step in
+        a whole model's first call (`benchmarks/models.py`).
     - `'fft'` for the other grouped convolutions with at most 16 input channels
         per group, at least 5 kernel taps and more than 1.5 taps per input
         position, where it beat XLA's grouped convolution (and the shift lowering

@@ -51,23 +51,30 @@ def test_on_cpu_auto_keeps_its_measured_lowerings(monkeypatch):
     monkeypatch.setattr(_choose.jax, "default_backend", lambda: "cpu")
     assert _choose.choose_conv_impl(**DEPTHWISE_3X3, dtype=jnp.float32) == "shift"
     assert _choose.choose_conv_impl(**DEPTHWISE_3X3, dtype=jnp.complex64) == "xla"
-    # The shift lowering takes at most 4 input channels per group and 20 products
+    # The shift lowering takes at most 4 input channels per group and 36 products
     # per output (channels per group x kernel taps); beyond, grouped convolutions of
     # up to 16 channels per group take the FFT from 5 kernel taps.
     for kernel_size, padded, out, impl in (
-        ((5, 5), (20, 20), (16, 16), "fft"),  # 25 products
-        ((7, 7), (22, 22), (16, 16), "fft"),
-        ((7,), (262,), (256,), "shift"),
-        ((15,), (270,), (256,), "fft"),  # 1D: at most 7 taps
+        ((5, 5), (20, 20), (16, 16), "shift"),  # 25 products
+        ((7, 7), (22, 22), (16, 16), "fft"),  # 49 products
+        ((3, 3, 3), (18, 18, 18), (16, 16, 16), "shift"),  # 27 products
+        ((15,), (270,), (256,), "shift"),
+        ((31,), (286,), (256,), "fft"),  # 1D: at most 15 taps
     ):
         args = dict(
-            DEPTHWISE_3X3, kernel_size=kernel_size, padded_shape=padded, out_shape=out
+            DEPTHWISE_3X3,
+            kernel_size=kernel_size,
+            padded_shape=padded,
+            out_shape=out,
+            input_dilation=(1,) * len(kernel_size),
         )
         assert _choose.choose_conv_impl(**args, dtype=jnp.float32) == impl, args
     two_per_group = dict(DEPTHWISE_3X3, in_channels=16, dtype=jnp.float32)
     assert _choose.choose_conv_impl(**two_per_group) == "shift"  # 18 products
     four_per_group = dict(DEPTHWISE_3X3, in_channels=32, dtype=jnp.float32)
-    assert _choose.choose_conv_impl(**four_per_group) == "fft"  # 36 products
+    assert _choose.choose_conv_impl(**four_per_group) == "shift"  # 36 products
+    five_per_group = dict(DEPTHWISE_3X3, in_channels=40, dtype=jnp.float32)
+    assert _choose.choose_conv_impl(**five_per_group) == "fft"  # beyond 4 per group
     sixteen_per_group = dict(DEPTHWISE_3X3, in_channels=128, dtype=jnp.float32)
     assert _choose.choose_conv_impl(**sixteen_per_group) == "fft"
     # Not measured: more than 16 channels per group, or fewer than 5 kernel taps.
@@ -139,7 +146,7 @@ def test_on_cpu_grouped_beyond_shift_takes_fft(monkeypatch):
         out_shape=(4096,),
     )
     choose = _choose.choose_conv_impl
-    for k, expected in ((7, "shift"), (15, "fft"), (31, "fft"), (255, "fft")):
+    for k, expected in ((7, "shift"), (15, "shift"), (31, "fft"), (255, "fft")):
         shape = (4096 + k - 1,)
         impl = choose(
             **depthwise, kernel_size=(k,), padded_shape=shape, dtype=jnp.float32
