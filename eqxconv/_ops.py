@@ -328,8 +328,8 @@ def conv(
         padded input position (`prod(kernel_size) * prod(out_spatial) /
         prod(padded_spatial)`, about the kernel size over the stride's product);
         for grouped convolutions `'shift'` for at most 4 input channels per group
-        and at most 20 products per output element (channels per group times
-        kernel taps; in 1D at most 7 taps), else `'fft'` for at most 16 input
+        and at most 36 products per output element (channels per group times
+        kernel taps; in 1D at most 15 taps), else `'fft'` for at most 16 input
         channels per group, from 5 kernel taps and 1.5 taps per position; `'xla'`
         otherwise and on every other backend; `'fft'` only where the kernel's
         spectrum (`out_channels * in_channels // groups` transforms of the padded
