@@ -80,6 +80,7 @@ def _conv_rows() -> list[Row]:
         Row(8, 3, 64, (64, 64), 7, stride=2),
         Row(8, 1, 32, (2048,), 7),
         Row(2, 1, 16, (32, 32, 32), 3),
+        Row(2, 3, 16, (32, 32, 32), 4, stride=4, padding="VALID"),
         # 1x1
         Row(8, 64, 128, (32, 32), 1),
         Row(8, 384, 96, (16, 16), 1),
@@ -185,6 +186,7 @@ def _choice(row: Row) -> str:
         out_channels=row.out_channels,
         groups=row.groups,
         kernel_size=kernel,
+        stride=stride,
         padded_shape=padded,
         out_shape=output_shape(row.spatial, padding, kernel, stride, dilation),
         input_dilation=(1,) * n,

@@ -98,6 +98,7 @@ def run_case(case: Case, repeats: int) -> tuple[dict[str, dict[str, float]], str
         out_channels=c_out,
         groups=groups,
         kernel_size=(k,) * n,
+        stride=(1,) * n,
         padded_shape=tuple(size + p for size, p in zip(spatial, same, strict=True)),
         out_shape=spatial,
         input_dilation=(1,) * n,

@@ -25,8 +25,8 @@ PaddingMode: TypeAlias = Literal["ZEROS", "REFLECT", "REPLICATE", "CIRCULAR"]
 PADDING_STRINGS = ("VALID", "SAME", "SAME_LOWER", "CAUSAL", "CIRCULAR")
 PADDING_MODES: tuple[PaddingMode, ...] = ("ZEROS", "REFLECT", "REPLICATE", "CIRCULAR")
 
-ConvImpl: TypeAlias = Literal["auto", "xla", "shift", "fft"]
-CONV_IMPLS: tuple[ConvImpl, ...] = ("auto", "xla", "shift", "fft")
+ConvImpl: TypeAlias = Literal["auto", "xla", "shift", "fft", "patches"]
+CONV_IMPLS: tuple[ConvImpl, ...] = ("auto", "xla", "shift", "fft", "patches")
 
 TransposeImpl: TypeAlias = Literal["auto", "phase", "interior", "lhs_dilation"]
 TRANSPOSE_IMPLS: tuple[TransposeImpl, ...] = (
@@ -246,8 +246,8 @@ def check_input_dilation(
     impl: str = "auto",
 ) -> tuple[int, ...]:
     """`input_dilation` as a tuple; only zero padding is defined on an input-dilated
-    input, and the shift lowering does not take one (XLA's convolution and the FFT
-    lowering, which interleaves the zeros explicitly, do)."""
+    input, and the shift lowering does not take one (XLA's convolution, and the FFT
+    and patches lowerings, which interleave the zeros explicitly, do)."""
     values = to_tuple(input_dilation, num_spatial_dims, "input_dilation")
     if values == (1,) * num_spatial_dims:
         return values
@@ -260,7 +260,7 @@ def check_input_dilation(
     if impl == "shift":
         raise ValueError(
             f"`impl='shift'` cannot be combined with `input_dilation={values}`; use "
-            "`impl='xla'`, `'fft'` or `'auto'`."
+            "`impl='xla'`, `'fft'`, `'patches'` or `'auto'`."
         )
     return values
 

@@ -40,6 +40,16 @@ _MIN_FFT_TAPS = 100
 _MAX_FFT_GROUPED_IN_PER_GROUP = 16
 _MIN_FFT_GROUPED_KERNEL_TAPS = 5
 _MIN_FFT_GROUPED_TAPS = 1.5
+# XLA's CPU convolution in 3D is slow when strided, whatever the channels: there
+# the patches lowering (one matrix product forward and for each gradient) was the
+# faster on every measured configuration, 1 to 64 input channels, by several times,
+# at a compile time close to XLA's; in 1D and 2D it only matched XLA's. Unstrided 3D
+# stems (1-4 input channels) run faster on the patches or FFT lowerings too, but
+# their compile took a whole 3D model's first call past 1.5x Equinox's for a small
+# step gain, so they stay on XLA's (`docs/benchmarks.md`).
+# The patches are `in_channels * prod(kernel_size)` times the output's positions:
+# beyond this many entries per example `'auto'` does not trade time for that memory.
+_MAX_PATCHES = 2**26
 # The FFT lowering holds the kernel's spectrum, `out_channels * in_channels_per_group`
 # transforms of the padded input's size: beyond this many complex entries `'auto'`
 # does not trade a direct convolution's time for that memory.
@@ -77,6 +87,7 @@ def choose_conv_impl(
     out_channels: int,
     groups: int,
     kernel_size: Sequence[int],
+    stride: Sequence[int],
     padded_shape: Sequence[int],
     out_shape: Sequence[int],
     input_dilation: Sequence[int],
@@ -106,9 +117,13 @@ def choose_conv_impl(
     transforms of the padded input) has at most `2**26` complex entries: it is held
     in memory, which a direct convolution does not need.
 
-    Otherwise `'xla'`, `lax.conv_general_dilated`: also for ungrouped convolutions
-    of few channels (RGB and mono stems), where XLA's dense convolution is the
-    faster, and compiles faster.
+    - `'patches'` (the input's patches contracted with the weight) for strided,
+        ungrouped 3D convolutions, where XLA's CPU convolution is slow, while the
+        patches have at most `2**26` entries per example.
+
+    Otherwise `'xla'`, `lax.conv_general_dilated`: also for the other ungrouped
+    convolutions of few channels (RGB and mono stems), where XLA's dense
+    convolution is the faster in 1D and 2D and compiles the faster in 3D.
 
     The choice is made on the configuration alone, never on the values: where it is
     `'fft'`, a non-finite input turns every output of its channel group into NaN
@@ -136,10 +151,12 @@ def choose_conv_impl(
     taps = fft_taps(kernel_size, padded_shape, out_shape)
     if fits and taps >= _MIN_FFT_TAPS:
         return "fft"
-    if groups == 1:
-        return "xla"
     per_group = in_channels // groups
     kernel_taps = math.prod(kernel_size)
+    if groups == 1:
+        strided_3d = len(kernel_size) == 3 and any(s > 1 for s in stride)
+        patches = in_channels * kernel_taps * math.prod(out_shape)
+        return "patches" if strided_3d and patches <= _MAX_PATCHES else "xla"
     if (
         per_group <= _MAX_SHIFT_IN_PER_GROUP
         and per_group * kernel_taps <= _MAX_SHIFT_PRODUCTS

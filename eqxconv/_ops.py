@@ -134,6 +134,7 @@ def run_conv(
             out_channels=weight.shape[0],
             groups=groups,
             kernel_size=kernel_size,
+            stride=stride,
             padded_shape=padded_shape,
             out_shape=out_shape,
             input_dilation=input_dilation,
@@ -213,8 +214,9 @@ def _lowered_conv(
         )
     if lowering == "patches":
         return _conv_by_patches(
-            pad(x, pairs, "ZEROS"),
+            pad(x, pairs, "ZEROS", input_dilation),
             weight,
+            partitioned=may_be_partitioned(x),
             stride=stride,
             dilation=dilation,
             groups=groups,
@@ -223,12 +225,8 @@ def _lowered_conv(
             preferred_element_type=preferred_element_type,
         )
     if lowering == "fft":
-        # Zero padding and the input dilation's interleaved zeros in one `lax.pad`.
-        widths = ((0, 0, 0),) + tuple(
-            (lo, hi, d - 1) for (lo, hi), d in zip(pairs, input_dilation, strict=True)
-        )
         return fft_conv(
-            lax.pad(x, jnp.zeros((), x.dtype), widths),
+            pad(x, pairs, "ZEROS", input_dilation),
             weight,
             stride=stride,
             dilation=dilation,
@@ -253,6 +251,7 @@ def _conv_by_patches(
     xp: Array,
     weight: Array,
     *,
+    partitioned: bool,
     stride: tuple[int, ...],
     dilation: tuple[int, ...],
     groups: int,
@@ -260,11 +259,18 @@ def _conv_by_patches(
     precision: Any,
     preferred_element_type: Any,
 ) -> Array:
-    """A grouped convolution of the padded `xp` as its patches (a one-hot
-    convolution, which XLA's partitioner splits along sharded spatial axes)
-    contracted with the weight at every position."""
+    """A convolution of the padded `xp` as its patches ("im2col") contracted with
+    the weight at every position: one matrix product forward and for each
+    gradient. The patches are taken as `extract_patches` takes them, but wherever
+    `xp` may be partitioned as a one-hot convolution, which XLA's partitioner
+    splits along sharded spatial axes."""
     out_channels, per_group, *kernel_size = weight.shape
-    patches = extract_padded(xp, kernel_size, stride, dilation, out_shape, "conv")
+    patches_impl = (
+        "conv" if partitioned else choose_patches_impl(kernel_size, stride, dilation)
+    )
+    patches = extract_padded(
+        xp, kernel_size, stride, dilation, out_shape, patches_impl
+    )
     taps = per_group * math.prod(kernel_size)
     out = jnp.einsum(
         "goj,gj...->go...",
@@ -322,22 +328,26 @@ def conv(
         the padded input's size, whose cost does not grow with the kernel: for large
         kernels; equal to `'xla'` up to FFT rounding, which is relative to the
         output's scale rather than to each entry; half-precision inputs are computed
-        in `float32`; `precision` has no effect) or `'auto'` (default), whose rule is
-        in `docs/benchmarks.md`. On CPU, for real floating-point convolutions
+        in `float32`; `precision` has no effect), `'patches'` (the input's patches,
+        as [`eqxconv.extract_patches`][] takes them, contracted with the weight at
+        every position: one matrix product forward and for each gradient, holding
+        `in_channels * prod(kernel_size)` entries per output position) or `'auto'`
+        (default), whose rule is in `docs/benchmarks.md`. On CPU, for real floating-point convolutions
         without `input_dilation`, `'auto'` takes `'fft'` from 100 kernel taps per
         padded input position (`prod(kernel_size) * prod(out_spatial) /
         prod(padded_spatial)`, about the kernel size over the stride's product);
         for grouped convolutions `'shift'` for at most 4 input channels per group
         and at most 36 products per output element (channels per group times
         kernel taps; in 1D at most 15 taps), else `'fft'` for at most 16 input
-        channels per group, from 5 kernel taps and 1.5 taps per position; `'xla'`
-        otherwise and on every other backend; `'fft'` only where the kernel's
+        channels per group, from 5 kernel taps and 1.5 taps per position; for
+        strided, ungrouped 3D convolutions `'patches'` (up to `2**26` entries of
+        patches); `'xla'` otherwise and on every other backend; `'fft'` only where the kernel's
         spectrum (`out_channels * in_channels // groups` transforms of the padded
         input, held in memory) has at most `2**26` entries. Wherever the input may
         be partitioned over several devices, `'xla'`, which XLA's SPMD partitioner
         splits along sharded spatial axes, and for grouped convolutions that are
-        not depthwise, which it would gather, patches contracted with the weight
-        (see "Scaling across devices"). All give the same values and support
+        not depthwise, which it would gather, `'patches'`, its patches taken as a
+        one-hot convolution (see "Scaling across devices"). All give the same values and support
         forward- and reverse-mode derivatives of any order, `jax.vmap` and
         `jax.jit`, except on non-finite inputs: an `inf` or NaN reaches only the
         outputs whose window holds it, but through `'fft'` (which `'auto'` may
@@ -685,6 +695,7 @@ def _partitioned_transpose(
             return _conv_by_patches(
                 pad(v, forward_pairs, "ZEROS"),
                 forward_weight,
+                partitioned=may_be_partitioned(x),
                 stride=stride,
                 dilation=dilation,
                 groups=groups,

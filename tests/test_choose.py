@@ -21,6 +21,7 @@ LONG_1D: dict[str, Any] = dict(
     out_channels=16,
     groups=1,
     kernel_size=(255,),
+    stride=(1,),
     padded_shape=(4096 + 254,),
     out_shape=(4096,),
     input_dilation=(1,),
@@ -31,6 +32,7 @@ DEPTHWISE_3X3: dict[str, Any] = dict(
     out_channels=8,
     groups=8,
     kernel_size=(3, 3),
+    stride=(1, 1),
     padded_shape=(18, 18),
     out_shape=(16, 16),
     input_dilation=(1, 1),
@@ -64,6 +66,7 @@ def test_on_cpu_auto_keeps_its_measured_lowerings(monkeypatch):
         args = dict(
             DEPTHWISE_3X3,
             kernel_size=kernel_size,
+            stride=(1,) * len(kernel_size),
             padded_shape=padded,
             out_shape=out,
             input_dilation=(1,) * len(kernel_size),
@@ -98,6 +101,50 @@ def test_rgb_and_mono_stems_take_xla(getkey):
         assert uses_lax_conv(lambda x, w=w: eqxconv.conv(x, w, padding=1), x)
 
 
+def test_on_cpu_strided_3d_takes_patches(monkeypatch):
+    """Strided, ungrouped 3D convolutions leave XLA's CPU convolution for the
+    patches, whatever the channels, while the patches stay within 2**26 entries;
+    unstrided 3D stems, and strided convolutions in 2D, stay on XLA's."""
+    monkeypatch.setattr(_choose.jax, "default_backend", lambda: "cpu")
+    volume: dict[str, Any] = dict(
+        out_channels=16,
+        groups=1,
+        kernel_size=(3, 3, 3),
+        stride=(2, 2, 2),
+        padded_shape=(34, 34, 34),
+        out_shape=(16, 16, 16),
+        input_dilation=(1, 1, 1),
+        dtype=jnp.float32,
+    )
+    choose = _choose.choose_conv_impl
+    for channels in (1, 16, 64):
+        assert choose(**volume, in_channels=channels) == "patches"
+    one_axis = dict(volume, stride=(1, 1, 2), out_shape=(32, 32, 16))
+    assert choose(**one_axis, in_channels=16) == "patches"
+    patchify = dict(
+        volume,
+        kernel_size=(4, 4, 4),
+        stride=(4, 4, 4),
+        padded_shape=(32,) * 3,
+        out_shape=(8,) * 3,
+    )
+    assert choose(**patchify, in_channels=3) == "patches"
+    # Beyond 2**26 entries of patches: 64 channels x 27 taps x 128^3 positions.
+    huge = dict(volume, padded_shape=(258,) * 3, out_shape=(128,) * 3)
+    assert choose(**huge, in_channels=64) == "xla"
+    stem = dict(volume, stride=(1, 1, 1), out_shape=(32, 32, 32))
+    assert choose(**stem, in_channels=1) == "xla"
+    image = dict(
+        volume,
+        kernel_size=(3, 3),
+        stride=(2, 2),
+        padded_shape=(34, 34),
+        out_shape=(16, 16),
+        input_dilation=(1, 1),
+    )
+    assert choose(**image, in_channels=64) == "xla"
+
+
 def test_on_cpu_auto_takes_fft_for_large_kernels(monkeypatch):
     monkeypatch.setattr(_choose.jax, "default_backend", lambda: "cpu")
     choose = _choose.choose_conv_impl
@@ -109,7 +156,7 @@ def test_on_cpu_auto_takes_fft_for_large_kernels(monkeypatch):
     # Below 100 taps per position: a 63-tap kernel, or 255 taps at stride 4, or a
     # large kernel over an input it barely exceeds (few outputs).
     assert choose(**{**LONG_1D, "kernel_size": (63,)}, dtype=jnp.float32) == "xla"
-    strided = {**LONG_1D, "out_shape": (1024,)}
+    strided = {**LONG_1D, "stride": (4,), "out_shape": (1024,)}
     assert choose(**strided, dtype=jnp.float32) == "xla"
     valid = dict(LONG_1D, padded_shape=(300,), out_shape=(46,))
     assert choose(**valid, dtype=jnp.float32) == "xla"
@@ -124,6 +171,7 @@ def test_on_cpu_auto_takes_fft_for_large_kernels(monkeypatch):
         in_channels=8,
         out_channels=8,
         groups=1,
+        stride=(1, 1),
         padded_shape=(78, 78),
         out_shape=(64, 64),
     )
@@ -142,6 +190,7 @@ def test_on_cpu_grouped_beyond_shift_takes_fft(monkeypatch):
         in_channels=64,
         out_channels=64,
         groups=64,
+        stride=(1,),
         input_dilation=(1,),
         out_shape=(4096,),
     )
@@ -160,7 +209,7 @@ def test_on_cpu_grouped_beyond_shift_takes_fft(monkeypatch):
     )
     # A 9x9 depthwise kernel on a 9x9 input: one output, one tap per position.
     small: dict[str, Any] = dict(
-        in_channels=8, out_channels=8, groups=8, input_dilation=(1, 1)
+        in_channels=8, out_channels=8, groups=8, stride=(1, 1), input_dilation=(1, 1)
     )
     small.update(kernel_size=(9, 9), padded_shape=(9, 9), out_shape=(1, 1))
     assert choose(**small, dtype=jnp.float32) == "xla"

@@ -459,9 +459,9 @@ else:
 
 @pytest.mark.parametrize("padding_mode", ["ZEROS", "CIRCULAR"])
 def test_grouped_conv_by_patches(getkey, padding_mode):
-    """The grouped convolution `impl='auto'` takes where the input may be partitioned
-    over devices (patches contracted with the weight): `lax`'s values, and
-    derivatives in both modes."""
+    """The patches lowering (which `impl='auto'` takes for strided 3D convolutions,
+    and for grouped ones where the input may be partitioned over devices): `lax`'s
+    values, and derivatives in both modes."""
     from jax.test_util import check_grads
 
     from eqxconv import _ops

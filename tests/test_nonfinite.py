@@ -88,7 +88,10 @@ CONV_CASES = [
     conv((4, 5, 4), in_channels=3, out_channels=3, kernel_size=2, padding="SAME",
          groups=3, padding_mode="CIRCULAR", impl="shift"),
     conv((4, 5, 4), kernel_size=2, stride=(1, 2, 1), padding=1, impl="xla"),
+    conv((4, 5, 4), kernel_size=2, stride=(1, 2, 1), padding=1, impl="patches"),
+    conv((7, 6), stride=2, padding=2, groups=2, padding_mode="REFLECT", impl="patches"),
     conv((6, 5), stride=2, padding=1, input_dilation=2, impl="xla"),
+    conv((6, 5), stride=2, padding=1, input_dilation=2, impl="patches"),
 ]  # fmt: skip
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 import eqxconv
-from eqxconv._args import check_patches_impl
+from eqxconv._args import check_patches_impl, CONV_IMPLS
 
 from .cases import LayerCase
 from .oracles import (
@@ -89,7 +89,7 @@ def _draw_conv(rng, n: int, index: int) -> Draw:
         groups=groups,
         use_bias=bool(rng.random() < 0.7),
         padding_mode=str(rng.choice(MODES)),
-        impl=("auto", "xla", "shift", "fft")[index % 4],
+        impl=CONV_IMPLS[index % len(CONV_IMPLS)],
     )
     return Draw(case)
 
