@@ -8,7 +8,8 @@ for both losses (the goal: at most 1.15). Rows: RGB/mono stems, 1x1, dense,
 strided, grouped (2-16 channels per group), depthwise with multipliers, dilation,
 kernels 1-15, small and large sizes, 1D/2D/3D; and strided/unstrided transposed
 convolutions. The shift lowering is timed only where its unrolled products per
-output stay small (beyond them it is never chosen, and its compile grows with them).
+output stay small (beyond them it is never chosen, and its compile grows with them),
+the patches lowering only on ungrouped rows.
 
 The impls of a row are timed in turns, one call each per round, so that a change in
 the machine's load falls on all of them alike. Where auto's gradient traces to the
@@ -84,7 +85,9 @@ def _conv_rows() -> list[Row]:
         # 1x1
         Row(8, 64, 128, (32, 32), 1),
         Row(8, 384, 96, (16, 16), 1),
+        Row(8, 96, 384, (16, 16), 1),
         Row(8, 32, 32, (2048,), 1),
+        Row(2, 32, 64, (16, 16, 16), 1),
         # dense
         Row(8, 64, 64, (32, 32), 3),
         Row(8, 16, 16, (16, 16), 3),
@@ -97,6 +100,8 @@ def _conv_rows() -> list[Row]:
         Row(8, 64, 128, (32, 32), 3, stride=2),
         Row(8, 32, 64, (1024,), 4, stride=2),
         Row(2, 16, 32, (32, 32, 32), 3, stride=2),
+        Row(2, 2, 16, (32, 32, 32), 3, stride=2),
+        Row(2, 64, 64, (16, 16, 16), 3, stride=2),
         # grouped, 2-16 channels per group
         Row(8, 64, 64, (32, 32), 3, groups=32),
         Row(8, 64, 64, (32, 32), 3, groups=16),
@@ -164,7 +169,12 @@ def _layer(row: Row, impl: str) -> Any:
 def _impls(row: Row) -> list[str]:
     if row.transpose:
         return [impl for impl in TRANSPOSE_IMPLS if impl != "auto"]
-    impls = [impl for impl in CONV_IMPLS if impl not in ("auto", "shift")]
+    impls = [impl for impl in CONV_IMPLS if impl not in ("auto", "shift", "patches")]
+    # Grouped, the patches lowering was 2-25x slower than the fastest on every row
+    # of the 2026-12-04 grid, and its large buffers slowed the impl timed after it in
+    # each round (up to 3x), so it is timed on ungrouped rows only.
+    if row.groups == 1:
+        impls.append("patches")
     products = (row.in_channels // row.groups) * row.kernel ** len(row.spatial)
     if products <= 49:
         impls.append("shift")

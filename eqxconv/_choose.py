@@ -40,13 +40,14 @@ _MIN_FFT_TAPS = 100
 _MAX_FFT_GROUPED_IN_PER_GROUP = 16
 _MIN_FFT_GROUPED_KERNEL_TAPS = 5
 _MIN_FFT_GROUPED_TAPS = 1.5
-# XLA's CPU convolution in 3D is slow when strided, whatever the channels: there
-# the patches lowering (one matrix product forward and for each gradient) was the
-# faster on every measured configuration, 1 to 64 input channels, by several times,
-# at a compile time close to XLA's; in 1D and 2D it only matched XLA's. Unstrided 3D
-# stems (1-4 input channels) run faster on the patches or FFT lowerings too, but
-# their compile took a whole 3D model's first call past 1.5x Equinox's for a small
-# step gain, so they stay on XLA's (`docs/benchmarks.md`).
+# XLA's CPU convolution is slow in 3D when strided, whatever the channels, and for
+# pointwise (1x1) kernels in 2D and 3D: there the patches lowering (one matrix
+# product forward and for each gradient; for a pointwise kernel the patches are the
+# input itself) was the faster on every measured configuration, at a compile time
+# close to XLA's. Strided in 1D and 2D, and pointwise in 1D, it only matched XLA's.
+# Unstrided 3D stems (1-4 input channels) run faster on the patches or FFT lowerings
+# too, but their compile took a whole 3D model's first call past 1.5x Equinox's for
+# a small step gain, so they stay on XLA's (`docs/benchmarks.md`).
 # The patches are `in_channels * prod(kernel_size)` times the output's positions:
 # beyond this many entries per example `'auto'` does not trade time for that memory.
 _MAX_PATCHES = 2**26
@@ -117,9 +118,10 @@ def choose_conv_impl(
     transforms of the padded input) has at most `2**26` complex entries: it is held
     in memory, which a direct convolution does not need.
 
-    - `'patches'` (the input's patches contracted with the weight) for strided,
-        ungrouped 3D convolutions, where XLA's CPU convolution is slow, while the
-        patches have at most `2**26` entries per example.
+    - `'patches'` (the input's patches contracted with the weight) for ungrouped
+        convolutions that are strided and 3D, or pointwise (a 1x1 kernel, stride 1)
+        in 2D and 3D, where XLA's CPU convolution is slow, while the patches have at
+        most `2**26` entries per example.
 
     Otherwise `'xla'`, `lax.conv_general_dilated`: also for the other ungrouped
     convolutions of few channels (RGB and mono stems), where XLA's dense
@@ -155,8 +157,13 @@ def choose_conv_impl(
     kernel_taps = math.prod(kernel_size)
     if groups == 1:
         strided_3d = len(kernel_size) == 3 and any(s > 1 for s in stride)
+        pointwise = (
+            len(kernel_size) > 1 and kernel_taps == 1 and all(s == 1 for s in stride)
+        )
         patches = in_channels * kernel_taps * math.prod(out_shape)
-        return "patches" if strided_3d and patches <= _MAX_PATCHES else "xla"
+        if (strided_3d or pointwise) and patches <= _MAX_PATCHES:
+            return "patches"
+        return "xla"
     if (
         per_group <= _MAX_SHIFT_IN_PER_GROUP
         and per_group * kernel_taps <= _MAX_SHIFT_PRODUCTS

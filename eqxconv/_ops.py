@@ -337,18 +337,19 @@ def conv(
         `'shift'` for at most 4 input channels per group and at most 36 products per
         output element (channels per group times kernel taps; in 1D at most 15 taps),
         else `'fft'` for at most 16 input channels per group, from 5 kernel taps and 1.5
-        taps per position; for strided, ungrouped 3D convolutions `'patches'` (up to
-        `2**26` entries of patches); `'xla'` otherwise and on every other backend;
-        `'fft'` only where the kernel's spectrum (`out_channels * in_channels // groups`
-        transforms of the padded input, held in memory) has at most `2**26` entries.
-        Wherever the input may be partitioned over several devices, `'xla'`, which XLA's
-        SPMD partitioner splits along sharded spatial axes, and for grouped convolutions
-        that are not depthwise, which it would gather, `'patches'`, its patches taken as
-        a one-hot convolution (see "Scaling across devices"). All give the same values
-        and support forward- and reverse-mode derivatives of any order, `jax.vmap` and
-        `jax.jit`, except on non-finite inputs: an `inf` or NaN reaches only the outputs
-        whose window holds it, but through `'fft'` (which `'auto'` may take) every
-        output of its channel group becomes NaN; pass `'xla'` where that matters.
+        taps per position; for ungrouped convolutions that are strided and 3D, or
+        pointwise (1x1, stride 1) in 2D and 3D, `'patches'` (up to `2**26` entries of
+        patches); `'xla'` otherwise and on every other backend; `'fft'` only where the
+        kernel's spectrum (`out_channels * in_channels // groups` transforms of the
+        padded input, held in memory) has at most `2**26` entries. Wherever the input
+        may be partitioned over several devices, `'xla'`, which XLA's SPMD partitioner
+        splits along sharded spatial axes, and for grouped convolutions that are not
+        depthwise, which it would gather, `'patches'`, its patches taken as a one-hot
+        convolution (see "Scaling across devices"). All give the same values and support
+        forward- and reverse-mode derivatives of any order, `jax.vmap` and `jax.jit`,
+        except on non-finite inputs: an `inf` or NaN reaches only the outputs whose
+        window holds it, but through `'fft'` (which `'auto'` may take) every output of
+        its channel group becomes NaN; pass `'xla'` where that matters.
 
     **Returns:**
 

@@ -101,6 +101,37 @@ def test_rgb_and_mono_stems_take_xla(getkey):
         assert uses_lax_conv(lambda x, w=w: eqxconv.conv(x, w, padding=1), x)
 
 
+def test_on_cpu_pointwise_takes_patches(monkeypatch, getkey):
+    """Ungrouped pointwise (1x1, stride 1) convolutions in 2D and 3D are a matrix
+    product with the input itself; strided, grouped or in 1D they stay on XLA's."""
+    monkeypatch.setattr(_choose.jax, "default_backend", lambda: "cpu")
+    choose = _choose.choose_conv_impl
+    for n in (2, 3):
+        pointwise: dict[str, Any] = dict(
+            in_channels=96,
+            out_channels=384,
+            groups=1,
+            kernel_size=(1,) * n,
+            stride=(1,) * n,
+            padded_shape=(16,) * n,
+            out_shape=(16,) * n,
+            input_dilation=(1,) * n,
+            dtype=jnp.float32,
+        )
+        assert choose(**pointwise) == "patches"
+        if n == 2:
+            subsampling = dict(pointwise, stride=(2, 2), out_shape=(8, 8))
+            assert choose(**subsampling) == "xla"
+            assert choose(**dict(pointwise, groups=4)) == "xla"
+    line = dict(pointwise, kernel_size=(1,), stride=(1,), padded_shape=(2048,))
+    line.update(out_shape=(2048,), input_dilation=(1,))
+    assert choose(**line) == "xla"
+    # The patches of a pointwise kernel are the input: a contraction, no convolution.
+    x = jr.normal(getkey(), (8, 6, 6))
+    w = jr.normal(getkey(), (16, 8, 1, 1))
+    assert not uses_lax_conv(lambda x: eqxconv.conv(x, w), x)
+
+
 def test_on_cpu_strided_3d_takes_patches(monkeypatch):
     """Strided, ungrouped 3D convolutions leave XLA's CPU convolution for the
     patches, whatever the channels, while the patches stay within 2**26 entries;
