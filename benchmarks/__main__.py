@@ -19,6 +19,7 @@ import jax
 SCRIPTS = (
     "models",
     "auto",
+    "conv_patches",
     "stems",
     "conv",
     "depthwise",
@@ -29,7 +30,7 @@ SCRIPTS = (
     "fft",
 )
 # The scripts that take `--quick`.
-QUICK = {"models", "auto", "conv", "input_dilation", "fft"}
+QUICK = {"models", "auto", "conv_patches", "conv", "input_dilation", "fft"}
 
 
 def main() -> None:

@@ -1,0 +1,105 @@
+"""The patches lowering of `conv` (`impl='patches'`) against XLA's convolution and
+the FFT lowering, on the layers that decide where `impl='auto'` takes it: pointwise
+(1x1) convolutions at the shapes of ConvNeXt and MobileNet blocks, and unstrided 3D
+stems.
+
+Two gradients, each impl in turn (one call each per round): of `sum(y ** 2)` with
+respect to the input and the layer (as `benchmarks/auto.py` times it), and of
+`sum(relu(y) ** 2)` with respect to the layer alone, as a model's training step
+takes a first layer's (its input is data). Compile is the cold lowering and
+compilation of the second.
+
+Run: `python -m benchmarks.conv_patches [--quick]` (`--quick`: 5 repeats).
+"""
+
+import argparse
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+
+from benchmarks._timing import (
+    compile_seconds,
+    interleaved_median_times,
+    markdown,
+    Table,
+)
+from benchmarks.auto import _layer, Row
+
+
+POINTWISE = [
+    Row(8, 96, 384, (16, 16), 1),
+    Row(8, 384, 96, (16, 16), 1),
+    Row(8, 32, 96, (32, 32), 1),
+    Row(8, 96, 32, (32, 32), 1),
+    Row(8, 64, 256, (56, 56), 1),
+    Row(8, 256, 64, (56, 56), 1),
+    Row(8, 32, 32, (2048,), 1),
+    Row(8, 256, 256, (512,), 1),
+    Row(2, 32, 64, (16, 16, 16), 1),
+]
+STEMS = [
+    Row(2, 1, 16, (32, 32, 32), 3),
+    Row(2, 3, 16, (32, 32, 32), 3),
+    Row(2, 4, 32, (16, 16, 16), 3),
+    Row(1, 1, 16, (64, 64, 64), 3),
+]
+IMPLS = ("xla", "fft", "patches")
+
+
+def measure(row: Row, repeats: int, tables: dict[str, Table]) -> None:
+    x = jr.normal(jr.key(1), (row.batch, row.in_channels, *row.spatial))
+    impls = IMPLS if row.kernel > 1 else ("xla", "patches")
+    layers = {impl: _layer(row, impl) for impl in impls}
+
+    def square(args):
+        layer, x = args
+        return jnp.sum(jax.vmap(layer)(x) ** 2)
+
+    def layer_only(layer, x):
+        return jnp.sum(jax.nn.relu(jax.vmap(layer)(x)) ** 2)
+
+    both = eqx.filter_jit(eqx.filter_grad(square))
+    weight = eqx.filter_jit(eqx.filter_grad(layer_only))
+    timings = {
+        "input and layer": interleaved_median_times(
+            {impl: (both, ((layer, x),)) for impl, layer in layers.items()},
+            repeats=repeats,
+        ),
+        "layer only": interleaved_median_times(
+            {impl: (weight, (layer, x)) for impl, layer in layers.items()},
+            repeats=repeats,
+        ),
+        "compile": {},
+    }
+    for impl, layer in layers.items():
+        params, static = eqx.partition(layer, eqx.is_array)
+
+        def cold(params, x, static=static):
+            return jax.grad(layer_only)(eqx.combine(params, static), x)
+
+        timings["compile"][impl] = compile_seconds(cold, params, x, repeats=3)
+    for key, table in tables.items():
+        table.add(row.name, timings[key])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    repeats = 5 if args.quick else 9
+    titles = {
+        "input and layer": "gradient of sum(y ** 2) in the input and the layer",
+        "layer only": "gradient of sum(relu(y) ** 2) in the layer",
+        "compile": "compile (layer only)",
+    }
+    for rows in (POINTWISE, STEMS):
+        tables = {key: Table(title, "xla") for key, title in titles.items()}
+        for row in rows:
+            measure(row, repeats, tables)
+        print(markdown(list(tables.values())))
+
+
+if __name__ == "__main__":
+    main()
