@@ -44,10 +44,10 @@ _MIN_FFT_GROUPED_TAPS = 1.5
 # pointwise (1x1) kernels in 2D and 3D: there the patches lowering (one matrix
 # product forward and for each gradient; for a pointwise kernel the patches are the
 # input itself) was the faster on every measured configuration, at a compile time
-# close to XLA's. Strided in 1D and 2D, and pointwise in 1D, it only matched XLA's.
-# Unstrided 3D stems (1-4 input channels) run faster on the patches or FFT lowerings
-# too, but their compile took a whole 3D model's first call past 1.5x Equinox's for
-# a small step gain, so they stay on XLA's (`docs/benchmarks.md`).
+# close to XLA's. Strided in 1D and 2D, and pointwise in 1D, it matched or trailed
+# XLA's. Stems (1-4 input channels) run faster on it too, alone, but inside whole
+# models their step gain was within noise (1D, 2D) or small (3D) for a slower first
+# call (past 1.5x Equinox's in 3D), so they stay on XLA's (`docs/benchmarks.md`).
 # The patches are `in_channels * prod(kernel_size)` times the output's positions:
 # beyond this many entries per example `'auto'` does not trade time for that memory.
 _MAX_PATCHES = 2**26
@@ -124,8 +124,9 @@ def choose_conv_impl(
         most `2**26` entries per example.
 
     Otherwise `'xla'`, `lax.conv_general_dilated`: also for the other ungrouped
-    convolutions of few channels (RGB and mono stems), where XLA's dense
-    convolution is the faster in 1D and 2D and compiles the faster in 3D.
+    convolutions of few channels (RGB and mono stems), which the patches lowering
+    runs faster alone, but whose first layer of a whole model it made slower to
+    compile for a step within noise or a small gain.
 
     The choice is made on the configuration alone, never on the values: where it is
     `'fft'`, a non-finite input turns every output of its channel group into NaN
