@@ -124,9 +124,9 @@ def choose_conv_impl(
         most `2**26` entries per example.
 
     Otherwise `'xla'`, `lax.conv_general_dilated`: also for the other ungrouped
-    convolutions of few channels (RGB and mono stems), which the patches lowering
-    runs faster alone, but whose first layer of a whole model it made slower to
-    compile for a step within noise or a small gain.
+    convolutions of few channels (RGB and mono stems): the patches lowering runs
+    them faster alone, but as a whole model's first layer it compiled slower for a
+    step within noise or a small gain.
 
     The choice is made on the configuration alone, never on the values: where it is
     `'fft'`, a non-finite input turns every output of its channel group into NaN
