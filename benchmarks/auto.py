@@ -169,12 +169,14 @@ def _layer(row: Row, impl: str) -> Any:
 def _impls(row: Row) -> list[str]:
     if row.transpose:
         return [impl for impl in TRANSPOSE_IMPLS if impl != "auto"]
-    impls = [impl for impl in CONV_IMPLS if impl not in ("auto", "shift", "patches")]
+    patched = ("patches", "xla_patches")
+    impls = [impl for impl in CONV_IMPLS if impl not in ("auto", "shift", *patched)]
     # Grouped, the patches lowering was 2-25x slower than the fastest on every row
     # of the 2026-12-04 grid, and its large buffers slowed the impl timed after it in
-    # each round (up to 3x), so it is timed on ungrouped rows only.
+    # each round (up to 3x), so it is timed on ungrouped rows only, and so is
+    # `'xla_patches'`, which takes its input gradient from it.
     if row.groups == 1:
-        impls.append("patches")
+        impls.extend(patched)
     products = (row.in_channels // row.groups) * row.kernel ** len(row.spatial)
     if products <= 49:
         impls.append("shift")

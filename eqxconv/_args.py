@@ -25,8 +25,10 @@ PaddingMode: TypeAlias = Literal["ZEROS", "REFLECT", "REPLICATE", "CIRCULAR"]
 PADDING_STRINGS = ("VALID", "SAME", "SAME_LOWER", "CAUSAL", "CIRCULAR")
 PADDING_MODES: tuple[PaddingMode, ...] = ("ZEROS", "REFLECT", "REPLICATE", "CIRCULAR")
 
-ConvImpl: TypeAlias = Literal["auto", "xla", "shift", "fft", "patches"]
-CONV_IMPLS: tuple[ConvImpl, ...] = ("auto", "xla", "shift", "fft", "patches")
+ConvImpl: TypeAlias = Literal["auto", "xla", "shift", "fft", "patches", "xla_patches"]
+CONV_IMPLS: tuple[ConvImpl, ...] = (
+    "auto", "xla", "shift", "fft", "patches", "xla_patches",
+)  # fmt: skip
 
 TransposeImpl: TypeAlias = Literal["auto", "phase", "interior", "lhs_dilation"]
 TRANSPOSE_IMPLS: tuple[TransposeImpl, ...] = (

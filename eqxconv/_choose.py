@@ -45,12 +45,17 @@ _MIN_FFT_GROUPED_TAPS = 1.5
 # product forward and for each gradient; for a pointwise kernel the patches are the
 # input itself) was the faster on every measured configuration, at a compile time
 # close to XLA's. Strided in 1D and 2D, and pointwise in 1D, it matched or trailed
-# XLA's. Stems (1-4 input channels) run faster on it too, alone, but inside whole
-# models their step gain was within noise (1D, 2D) or small (3D) for a slower first
-# call (past 1.5x Equinox's in 3D), so they stay on XLA's (`docs/benchmarks.md`).
-# The patches are `in_channels * prod(kernel_size)` times the output's positions:
-# beyond this many entries per example `'auto'` does not trade time for that memory.
+# XLA's. The patches are `in_channels * prod(kernel_size)` times the output's
+# positions: beyond this many entries per example `'auto'` does not trade time for
+# that memory.
 _MAX_PATCHES = 2**26
+# For stems (an input of at most this many channels) XLA's CPU input gradient is the
+# slow part: a convolution with that few outputs. `'xla_patches'` keeps XLA's forward
+# and weight gradient and takes the input gradient from the patches lowering; a
+# model's first layer, whose input gradient is never taken, runs XLA's own program.
+# (The whole patches lowering ran stems faster alone too, but inside whole models its
+# step gain was within noise for a slower first call: `docs/benchmarks.md`.)
+_MAX_STEM_CHANNELS = 4
 # The FFT lowering holds the kernel's spectrum, `out_channels * in_channels_per_group`
 # transforms of the padded input's size: beyond this many complex entries `'auto'`
 # does not trade a direct convolution's time for that memory.
@@ -94,7 +99,7 @@ def choose_conv_impl(
     input_dilation: Sequence[int],
     dtype: Any,
     partitioned: bool = False,
-) -> Literal["xla", "shift", "fft", "patches"]:
+) -> Literal["xla", "shift", "fft", "patches", "xla_patches"]:
     """On CPU, for real floating-point convolutions without input dilation:
 
     - `'fft'` for large kernels: at least 100 kernel taps per padded input position
@@ -122,11 +127,15 @@ def choose_conv_impl(
         convolutions that are strided and 3D, or pointwise (a 1x1 kernel, stride 1)
         in 2D and 3D, where XLA's CPU convolution is slow, while the patches have at
         most `2**26` entries per example.
+    - `'xla_patches'` (XLA's forward and weight gradient, the patches lowering's
+        input gradient) for the other ungrouped convolutions of at most 4 input
+        channels (RGB and mono stems), within the same bound: XLA's input gradient
+        is slow there, and as a model's first layer, whose input gradient is never
+        taken, it is XLA's program. (The whole patches lowering runs stems faster
+        alone too, but as a whole model's first layer it compiled slower for a step
+        within noise.)
 
-    Otherwise `'xla'`, `lax.conv_general_dilated`: also for the other ungrouped
-    convolutions of few channels (RGB and mono stems): the patches lowering runs
-    them faster alone, but as a whole model's first layer it compiled slower for a
-    step within noise or a small gain.
+    Otherwise `'xla'`, `lax.conv_general_dilated`.
 
     The choice is made on the configuration alone, never on the values: where it is
     `'fft'`, a non-finite input turns every output of its channel group into NaN
@@ -162,8 +171,12 @@ def choose_conv_impl(
             len(kernel_size) > 1 and kernel_taps == 1 and all(s == 1 for s in stride)
         )
         patches = in_channels * kernel_taps * math.prod(out_shape)
-        if (strided_3d or pointwise) and patches <= _MAX_PATCHES:
+        if patches > _MAX_PATCHES:
+            return "xla"
+        if strided_3d or pointwise:
             return "patches"
+        if in_channels <= _MAX_STEM_CHANNELS:
+            return "xla_patches"
         return "xla"
     if (
         per_group <= _MAX_SHIFT_IN_PER_GROUP

@@ -8,6 +8,7 @@ hands the resolved pairs to the padding (`_padding`) and the lowering `_choose`
 picks.
 """
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -36,6 +37,7 @@ from ._args import (
     TRANSPOSE_IMPLS,
     TransposeImpl,
 )
+from ._bilinear import bilinear
 from ._checks import (
     check_conv_weight,
     check_fits,
@@ -224,6 +226,12 @@ def _lowered_conv(
             precision=precision,
             preferred_element_type=preferred_element_type,
         )
+    if lowering == "xla_patches":
+        geometry = _ConvGeometry(
+            pairs, stride, dilation, input_dilation, groups, out_shape, precision,
+            preferred_element_type,
+        )  # fmt: skip
+        return _conv_with_patches_input_gradient(geometry, x, weight)
     if lowering == "fft":
         return fft_conv(
             pad(x, pairs, "ZEROS", input_dilation),
@@ -280,6 +288,43 @@ def _conv_by_patches(
     return out.reshape(out_channels, *out_shape)
 
 
+@dataclasses.dataclass(frozen=True)
+class _ConvGeometry:
+    """The static arguments of one zero-padded `_lowered_conv` (hashable: the
+    non-differentiable argument of a custom JVP)."""
+
+    pairs: PaddingPairs
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    input_dilation: tuple[int, ...]
+    groups: int
+    out_shape: tuple[int, ...]
+    precision: Any
+    preferred_element_type: Any
+
+    def conv(self, lowering: str, x: Array, weight: Array) -> Array:
+        arguments = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return _lowered_conv(lowering, x, weight, **arguments)
+
+
+def _xla_conv(geometry: _ConvGeometry, x: Array, weight: Array) -> Array:
+    return geometry.conv("xla", x, weight)
+
+
+def _patches_conv(geometry: _ConvGeometry, dx: Array, weight: Array) -> Array:
+    return geometry.conv("patches", dx, weight)
+
+
+# `impl='xla_patches'`: XLA's convolution forward and for the weight's tangent (so
+# its weight gradient), the patches lowering for the input's tangent, whose
+# transpose (the input gradient) is one matrix product and a fold of the patches.
+# XLA's CPU input gradient is slow where the input has few channels (it is a
+# convolution with that few outputs) and in 3D. Where the input gradient is never
+# taken (a model's first layer) this is XLA's program exactly: the input's tangent
+# is a symbolic zero, and nothing of the patches lowering is traced.
+_conv_with_patches_input_gradient = bilinear(_xla_conv, _patches_conv, _xla_conv)
+
+
 def conv(
     x: Inexact[Array, " in_channels *spatial"],
     weight: Inexact[Array, " out_channels in_channels_per_group *kernel_size"],
@@ -329,7 +374,10 @@ def conv(
         `float32`; `precision` has no effect), `'patches'` (the input's patches, as
         [`eqxconv.extract_patches`][] takes them, contracted with the weight at every
         position: one matrix product forward and for each gradient, holding `in_channels
-        * prod(kernel_size)` entries per output position) or `'auto'` (default), whose
+        * prod(kernel_size)` entries per output position), `'xla_patches'` (`'xla'`
+        forward and for the weight gradient, `'patches'` for the input's tangent and
+        gradient; where the input gradient is not taken, as for a model's first layer,
+        exactly `'xla'`) or `'auto'` (default), whose
         rule is in `docs/benchmarks.md`. On CPU, for real floating-point convolutions
         without `input_dilation`, `'auto'` takes `'fft'` from 100 kernel taps per padded
         input position (`prod(kernel_size) * prod(out_spatial) / prod(padded_spatial)`,
@@ -338,10 +386,12 @@ def conv(
         output element (channels per group times kernel taps; in 1D at most 15 taps),
         else `'fft'` for at most 16 input channels per group, from 5 kernel taps and 1.5
         taps per position; for ungrouped convolutions that are strided and 3D, or
-        pointwise (1x1, stride 1) in 2D and 3D, `'patches'` (up to `2**26` entries of
-        patches); `'xla'` otherwise and on every other backend; `'fft'` only where the
-        kernel's spectrum (`out_channels * in_channels // groups` transforms of the
-        padded input, held in memory) has at most `2**26` entries. Wherever the input
+        pointwise (1x1, stride 1) in 2D and 3D, `'patches'`, and for the other
+        ungrouped ones with at most 4 input channels (stems) `'xla_patches'` (both up
+        to `2**26` entries of patches); `'xla'` otherwise and on every other backend;
+        `'fft'` only where the kernel's spectrum (`out_channels * in_channels //
+        groups` transforms of the padded input, held in memory) has at most `2**26`
+        entries. Wherever the input
         may be partitioned over several devices, `'xla'`, which XLA's SPMD partitioner
         splits along sharded spatial axes, and for grouped convolutions that are not
         depthwise, which it would gather, `'patches'`, its patches taken as a one-hot

@@ -184,6 +184,25 @@ REGISTRY = [
         impl="patches",
         check_grads_order=2,
     ),
+    # XLA's forward and weight gradient with the patches' input gradient: a strided
+    # stem, and input dilation with reflect padding's border reads (1D).
+    conv(
+        (7, 6),
+        in_channels=3,
+        out_channels=4,
+        stride=2,
+        padding="SAME",
+        impl="xla_patches",
+        check_grads_order=2,
+    ),
+    conv((9,), dilation=2, padding=2, padding_mode="REFLECT", impl="xla_patches"),
+    conv(
+        (5, 4, 5),
+        in_channels=1,
+        padding=1,
+        input_dilation=(1, 2, 1),
+        impl="xla_patches",
+    ),
     # The shift lowering's custom derivatives: a channel multiplier on an input long
     # enough for the blocked weight tangent, small groups, 3D depthwise.
     conv(

@@ -92,13 +92,56 @@ def test_on_cpu_auto_keeps_its_measured_lowerings(monkeypatch):
     assert _choose.choose_transpose_impl((4,), (1,), (1,)) == "lhs_dilation"
 
 
-def test_rgb_and_mono_stems_take_xla(getkey):
-    """Ungrouped convolutions of few input channels are XLA's dense convolution,
-    whatever the backend."""
+def test_on_cpu_stems_take_xla_with_patches_input_gradient(monkeypatch, getkey):
+    """Ungrouped convolutions of at most 4 input channels keep XLA's forward and
+    weight gradient and take the patches lowering's input gradient; with 5 input
+    channels, or beyond 2**26 entries of patches, XLA's whole."""
+    monkeypatch.setattr(_choose.jax, "default_backend", lambda: "cpu")
+    choose = _choose.choose_conv_impl
+    image: dict[str, Any] = dict(
+        out_channels=64,
+        groups=1,
+        kernel_size=(3, 3),
+        stride=(1, 1),
+        padded_shape=(50, 50),
+        out_shape=(48, 48),
+        input_dilation=(1, 1),
+        dtype=jnp.float32,
+    )
+    for channels in (1, 3, 4):
+        assert choose(**image, in_channels=channels) == "xla_patches"
+    assert choose(**image, in_channels=5) == "xla"
+    subsampling = dict(image, stride=(2, 2), out_shape=(24, 24))
+    assert choose(**subsampling, in_channels=3) == "xla_patches"
+    line = dict(image, kernel_size=(7,), stride=(1,), padded_shape=(2054,))
+    line.update(out_shape=(2048,), input_dilation=(1,))
+    assert choose(**line, in_channels=1) == "xla_patches"
+    huge = dict(image, padded_shape=(4098, 4098), out_shape=(4096, 4096))
+    assert choose(**huge, in_channels=1) == "xla"
+
+
+def _weight_gradient_ops(x, w, impl) -> list[str]:
+    """The compiled ops (with their shapes) of `sum(conv(x, w) ** 2)`'s gradient in
+    `w` alone."""
+
+    def loss(w):
+        return jnp.sum(eqxconv.conv(x, w, padding=1, impl=impl) ** 2)
+
+    hlo = jax.jit(jax.grad(loss)).lower(w).compile().as_text()
+    lines = [line for line in hlo.splitlines() if " = " in line]
+    return sorted(line.split("=")[1].split("(")[0] for line in lines)
+
+
+def test_stem_weight_gradient_is_xla_program(getkey):
+    """Where the input gradient is not taken (a model's first layer),
+    `impl='xla_patches'` is XLA's program: nothing of the patches is traced."""
     for channels, n in ((3, 2), (1, 1)):
         x = jr.normal(getkey(), (channels, *(12,) * n))
         w = jr.normal(getkey(), (16, channels, *(3,) * n))
-        assert uses_lax_conv(lambda x, w=w: eqxconv.conv(x, w, padding=1), x)
+        assert _weight_gradient_ops(x, w, "xla_patches") == _weight_gradient_ops(
+            x, w, "xla"
+        )
+        assert uses_lax_conv(lambda x, w=w: eqxconv.conv(x, w, impl="xla_patches"), x)
 
 
 def test_on_cpu_pointwise_takes_patches(monkeypatch, getkey):
@@ -135,7 +178,7 @@ def test_on_cpu_pointwise_takes_patches(monkeypatch, getkey):
 def test_on_cpu_strided_3d_takes_patches(monkeypatch):
     """Strided, ungrouped 3D convolutions leave XLA's CPU convolution for the
     patches, whatever the channels, while the patches stay within 2**26 entries;
-    unstrided 3D stems, and strided convolutions in 2D, stay on XLA's."""
+    unstrided 3D stems, and strided convolutions in 2D, do not."""
     monkeypatch.setattr(_choose.jax, "default_backend", lambda: "cpu")
     volume: dict[str, Any] = dict(
         out_channels=16,
@@ -164,7 +207,7 @@ def test_on_cpu_strided_3d_takes_patches(monkeypatch):
     huge = dict(volume, padded_shape=(258,) * 3, out_shape=(128,) * 3)
     assert choose(**huge, in_channels=64) == "xla"
     stem = dict(volume, stride=(1, 1, 1), out_shape=(32, 32, 32))
-    assert choose(**stem, in_channels=1) == "xla"
+    assert choose(**stem, in_channels=1) == "xla_patches"
     image = dict(
         volume,
         kernel_size=(3, 3),

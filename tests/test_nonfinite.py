@@ -92,6 +92,7 @@ CONV_CASES = [
     conv((7, 6), stride=2, padding=2, groups=2, padding_mode="REFLECT", impl="patches"),
     conv((6, 5), stride=2, padding=1, input_dilation=2, impl="xla"),
     conv((6, 5), stride=2, padding=1, input_dilation=2, impl="patches"),
+    conv((7, 6), stride=2, padding=2, padding_mode="REFLECT", impl="xla_patches"),
 ]  # fmt: skip
 
 
