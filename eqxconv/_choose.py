@@ -49,12 +49,14 @@ _MIN_FFT_GROUPED_TAPS = 1.5
 # positions: beyond this many entries per example `'auto'` does not trade time for
 # that memory.
 _MAX_PATCHES = 2**26
-# For stems (an input of at most this many channels) XLA's CPU input gradient is the
-# slow part: a convolution with that few outputs. `'xla_patches'` keeps XLA's forward
-# and weight gradient and takes the input gradient from the patches lowering; a
-# model's first layer, whose input gradient is never taken, runs XLA's own program.
-# (The whole patches lowering ran stems faster alone too, but inside whole models its
-# step gain was within noise for a slower first call: `docs/benchmarks.md`.)
+# XLA's CPU input gradient is a convolution with `in_channels` outputs, slow where
+# they are few: for stems (an input of at most this many channels), and in 3D
+# wherever the input has fewer channels than the output (with as many or more, XLA's
+# was the faster). There `'xla_patches'` keeps XLA's forward and weight gradient and
+# takes the input gradient from the patches lowering; a model's first layer, whose
+# input gradient is never taken, runs XLA's own program. (The whole patches lowering
+# ran stems faster alone too, but inside whole models its step gain was within noise
+# for a slower first call: `docs/benchmarks.md`.)
 _MAX_STEM_CHANNELS = 4
 # The FFT lowering holds the kernel's spectrum, `out_channels * in_channels_per_group`
 # transforms of the padded input's size: beyond this many complex entries `'auto'`
@@ -129,9 +131,10 @@ def choose_conv_impl(
         most `2**26` entries per example.
     - `'xla_patches'` (XLA's forward and weight gradient, the patches lowering's
         input gradient) for the other ungrouped convolutions of at most 4 input
-        channels (RGB and mono stems), within the same bound: XLA's input gradient
-        is slow there, and as a model's first layer, whose input gradient is never
-        taken, it is XLA's program. (The whole patches lowering runs stems faster
+        channels (RGB and mono stems), and in 3D of fewer input than output
+        channels, within the same bound: XLA's input gradient is slow there, and as
+        a model's first layer, whose input gradient is never taken, it is XLA's
+        program. (The whole patches lowering runs stems faster
         alone too, but as a whole model's first layer it compiled slower for a step
         within noise.)
 
@@ -175,7 +178,8 @@ def choose_conv_impl(
             return "xla"
         if strided_3d or pointwise:
             return "patches"
-        if in_channels <= _MAX_STEM_CHANNELS:
+        widening_3d = len(kernel_size) == 3 and in_channels < out_channels
+        if in_channels <= _MAX_STEM_CHANNELS or widening_3d:
             return "xla_patches"
         return "xla"
     if (

@@ -319,7 +319,7 @@ def _patches_conv(geometry: _ConvGeometry, dx: Array, weight: Array) -> Array:
 # its weight gradient), the patches lowering for the input's tangent, whose
 # transpose (the input gradient) is one matrix product and a fold of the patches.
 # XLA's CPU input gradient is slow where the input has few channels (it is a
-# convolution with that few outputs) and in 3D. Where the input gradient is never
+# convolution with that few outputs). Where the input gradient is never
 # taken (a model's first layer) this is XLA's program exactly: the input's tangent
 # is a symbolic zero, and nothing of the patches lowering is traced.
 _conv_with_patches_input_gradient = bilinear(_xla_conv, _patches_conv, _xla_conv)
@@ -387,8 +387,9 @@ def conv(
         else `'fft'` for at most 16 input channels per group, from 5 kernel taps and 1.5
         taps per position; for ungrouped convolutions that are strided and 3D, or
         pointwise (1x1, stride 1) in 2D and 3D, `'patches'`, and for the other
-        ungrouped ones with at most 4 input channels (stems) `'xla_patches'` (both up
-        to `2**26` entries of patches); `'xla'` otherwise and on every other backend;
+        ungrouped ones with at most 4 input channels (stems), or in 3D with fewer
+        input than output channels, `'xla_patches'` (both up to `2**26` entries of
+        patches); `'xla'` otherwise and on every other backend;
         `'fft'` only where the kernel's spectrum (`out_channels * in_channels //
         groups` transforms of the padded input, held in memory) has at most `2**26`
         entries. Wherever the input

@@ -92,10 +92,11 @@ def test_on_cpu_auto_keeps_its_measured_lowerings(monkeypatch):
     assert _choose.choose_transpose_impl((4,), (1,), (1,)) == "lhs_dilation"
 
 
-def test_on_cpu_stems_take_xla_with_patches_input_gradient(monkeypatch, getkey):
-    """Ungrouped convolutions of at most 4 input channels keep XLA's forward and
-    weight gradient and take the patches lowering's input gradient; with 5 input
-    channels, or beyond 2**26 entries of patches, XLA's whole."""
+def test_on_cpu_stems_and_widening_3d_take_xla_patches(monkeypatch, getkey):
+    """Ungrouped convolutions of at most 4 input channels, and in 3D of fewer input
+    than output channels, keep XLA's forward and weight gradient and take the patches
+    lowering's input gradient; with 5 input channels in 2D, or beyond 2**26 entries of
+    patches, XLA's whole."""
     monkeypatch.setattr(_choose.jax, "default_backend", lambda: "cpu")
     choose = _choose.choose_conv_impl
     image: dict[str, Any] = dict(
@@ -118,6 +119,14 @@ def test_on_cpu_stems_take_xla_with_patches_input_gradient(monkeypatch, getkey):
     assert choose(**line, in_channels=1) == "xla_patches"
     huge = dict(image, padded_shape=(4098, 4098), out_shape=(4096, 4096))
     assert choose(**huge, in_channels=1) == "xla"
+    # In 3D, also wherever the input has fewer channels than the output.
+    volume = dict(image, kernel_size=(3, 3, 3), stride=(1, 1, 1), out_channels=32)
+    volume.update(padded_shape=(18,) * 3, out_shape=(16,) * 3, input_dilation=(1,) * 3)
+    assert choose(**volume, in_channels=16) == "xla_patches"
+    assert choose(**volume, in_channels=32) == "xla"
+    assert choose(**dict(volume, kernel_size=(3, 3), padded_shape=(18, 18),
+                         out_shape=(16, 16), stride=(1, 1), input_dilation=(1, 1)),
+                  in_channels=16) == "xla"  # fmt: skip
 
 
 def _weight_gradient_ops(x, w, impl) -> list[str]:
