@@ -1,7 +1,8 @@
-"""The patches lowering of `conv` (`impl='patches'`) against XLA's convolution and
-the FFT lowering, on the layers that decide where `impl='auto'` takes it: pointwise
-(1x1) convolutions at the shapes of ConvNeXt and MobileNet blocks, and unstrided 3D
-stems.
+"""The patches lowering of `conv` (`impl='patches'`), and XLA's convolution with the
+patches' input gradient (`impl='xla_patches'`), against XLA's convolution and the
+FFT lowering, on the layers that decide where `impl='auto'` takes them: pointwise
+(1x1) convolutions at the shapes of ConvNeXt and MobileNet blocks, unstrided 3D
+stems, and dense layers that widen or keep the channels (3D, and 1D/2D beside them).
 
 Two gradients, each impl in turn (one call each per round): of `sum(y ** 2)` with
 respect to the input and the layer (as `benchmarks/auto.py` times it), and of
@@ -45,12 +46,29 @@ STEMS = [
     Row(2, 4, 32, (16, 16, 16), 3),
     Row(1, 1, 16, (64, 64, 64), 3),
 ]
-IMPLS = ("xla", "fft", "patches")
+DENSE = [
+    Row(2, 8, 16, (32, 32, 32), 3),
+    Row(2, 16, 32, (16, 16, 16), 3),
+    Row(2, 24, 32, (16, 16, 16), 3),
+    Row(2, 8, 32, (16, 16, 16), 3),
+    Row(2, 16, 16, (32, 32, 32), 3),
+    Row(2, 32, 32, (16, 16, 16), 3),
+    Row(8, 32, 64, (1024,), 4, stride=2),
+    Row(8, 32, 64, (1024,), 3),
+    Row(8, 64, 128, (16, 16), 3),
+    Row(8, 32, 64, (32, 32), 3, stride=2),
+    Row(8, 128, 128, (8, 8), 3),
+    Row(8, 64, 64, (8, 8), 3),
+]
+IMPLS = ("xla", "fft", "patches", "xla_patches")
 
 
-def measure(row: Row, repeats: int, tables: dict[str, Table]) -> None:
+def measure(
+    row: Row, repeats: int, tables: dict[str, Table], impls: tuple[str, ...] = IMPLS
+) -> None:
     x = jr.normal(jr.key(1), (row.batch, row.in_channels, *row.spatial))
-    impls = IMPLS if row.kernel > 1 else ("xla", "patches")
+    if row.kernel == 1:
+        impls = tuple(impl for impl in impls if impl != "fft")
     layers = {impl: _layer(row, impl) for impl in impls}
 
     def square(args):
@@ -94,10 +112,11 @@ def main() -> None:
         "layer only": "gradient of sum(relu(y) ** 2) in the layer",
         "compile": "compile (layer only)",
     }
-    for rows in (POINTWISE, STEMS):
+    dense = ("xla", "patches", "xla_patches")
+    for rows, impls in ((POINTWISE, IMPLS), (STEMS, IMPLS), (DENSE, dense)):
         tables = {key: Table(title, "xla") for key, title in titles.items()}
         for row in rows:
-            measure(row, repeats, tables)
+            measure(row, repeats, tables, impls)
         print(markdown(list(tables.values())))
 
 
