@@ -129,14 +129,13 @@ def choose_conv_impl(
         convolutions that are strided and 3D, or pointwise (a 1x1 kernel, stride 1)
         in 2D and 3D, where XLA's CPU convolution is slow, while the patches have at
         most `2**26` entries per example.
-    - `'xla_patches'` (XLA's forward and weight gradient, the patches lowering's
-        input gradient) for the other ungrouped convolutions of at most 4 input
-        channels (RGB and mono stems), and in 3D of fewer input than output
-        channels, within the same bound: XLA's input gradient is slow there, and as
-        a model's first layer, whose input gradient is never taken, it is XLA's
-        program. (The whole patches lowering runs stems faster
-        alone too, but as a whole model's first layer it compiled slower for a step
-        within noise.)
+    - `'xla_patches'` (XLA's forward and weight gradient, the patches lowering's input
+        gradient) for the other ungrouped convolutions of at most 4 input channels (RGB
+        and mono stems), and in 3D of fewer input than output channels, within the same
+        bound: XLA's input gradient is slow there, and as a model's first layer, whose
+        input gradient is never taken, it is XLA's program. (The whole patches lowering
+        runs stems faster alone too, but as a whole model's first layer it compiled
+        slower for a step within noise.)
 
     Otherwise `'xla'`, `lax.conv_general_dilated`.
 

@@ -69,12 +69,11 @@ class Conv(WeightedLayer):
             gets zero gradient. A boolean mask is not an inexact array, so
             `eqx.partition(model, eqx.is_inexact_array)` does not train it.
         - `precision`, `preferred_element_type`: passed to `lax`.
-        - `impl`: how the convolution is computed, as for [`eqxconv.conv`][]:
-            `'auto'` (default), `'xla'`, `'shift'`, `'patches'`, `'xla_patches'`
-            (XLA's forward and weight gradient, the patches' input gradient) or
-            `'fft'` (through FFTs, for large kernels: equal up to FFT rounding
-            relative to the output's scale; `precision` has no effect there); all
-            give the same values, except that
+        - `impl`: how the convolution is computed, as for [`eqxconv.conv`][]: `'auto'`
+            (default), `'xla'`, `'shift'`, `'patches'`, `'xla_patches'` (XLA's forward
+            and weight gradient, the patches' input gradient) or `'fft'` (through FFTs,
+            for large kernels: equal up to FFT rounding relative to the output's scale;
+            `precision` has no effect there); all give the same values, except that
             through `'fft'` (which `'auto'` may take) a non-finite input makes every
             output of its channel group NaN.
         """

@@ -373,34 +373,33 @@ def conv(
         scale rather than to each entry; half-precision inputs are computed in
         `float32`; `precision` has no effect), `'patches'` (the input's patches, as
         [`eqxconv.extract_patches`][] takes them, contracted with the weight at every
-        position: one matrix product forward and for each gradient, holding `in_channels
-        * prod(kernel_size)` entries per output position), `'xla_patches'` (`'xla'`
-        forward and for the weight gradient, `'patches'` for the input's tangent and
-        gradient; where the input gradient is not taken, as for a model's first layer,
-        exactly `'xla'`) or `'auto'` (default), whose
-        rule is in `docs/benchmarks.md`. On CPU, for real floating-point convolutions
-        without `input_dilation`, `'auto'` takes `'fft'` from 100 kernel taps per padded
-        input position (`prod(kernel_size) * prod(out_spatial) / prod(padded_spatial)`,
-        about the kernel size over the stride's product); for grouped convolutions
-        `'shift'` for at most 4 input channels per group and at most 36 products per
-        output element (channels per group times kernel taps; in 1D at most 15 taps),
-        else `'fft'` for at most 16 input channels per group, from 5 kernel taps and 1.5
-        taps per position; for ungrouped convolutions that are strided and 3D, or
-        pointwise (1x1, stride 1) in 2D and 3D, `'patches'`, and for the other
-        ungrouped ones with at most 4 input channels (stems), or in 3D with fewer
-        input than output channels, `'xla_patches'` (both up to `2**26` entries of
-        patches); `'xla'` otherwise and on every other backend;
-        `'fft'` only where the kernel's spectrum (`out_channels * in_channels //
-        groups` transforms of the padded input, held in memory) has at most `2**26`
-        entries. Wherever the input
-        may be partitioned over several devices, `'xla'`, which XLA's SPMD partitioner
-        splits along sharded spatial axes, and for grouped convolutions that are not
-        depthwise, which it would gather, `'patches'`, its patches taken as a one-hot
-        convolution (see "Scaling across devices"). All give the same values and support
-        forward- and reverse-mode derivatives of any order, `jax.vmap` and `jax.jit`,
-        except on non-finite inputs: an `inf` or NaN reaches only the outputs whose
-        window holds it, but through `'fft'` (which `'auto'` may take) every output of
-        its channel group becomes NaN; pass `'xla'` where that matters.
+        position: one matrix product forward and for each gradient, holding
+        `in_channels * prod(kernel_size)` entries per output position), `'xla_patches'`
+        (`'xla'` forward and for the weight gradient, `'patches'` for the input's
+        tangent and gradient; where the input gradient is not taken, as for a model's
+        first layer, exactly `'xla'`) or `'auto'` (default), whose rule is in
+        `docs/benchmarks.md`. On CPU, for real floating-point convolutions without
+        `input_dilation`, `'auto'` takes `'fft'` from 100 kernel taps per padded input
+        position (`prod(kernel_size) * prod(out_spatial) / prod(padded_spatial)`, about
+        the kernel size over the stride's product); for grouped convolutions `'shift'`
+        for at most 4 input channels per group and at most 36 products per output
+        element (channels per group times kernel taps; in 1D at most 15 taps), else
+        `'fft'` for at most 16 input channels per group, from 5 kernel taps and 1.5 taps
+        per position; for ungrouped convolutions that are strided and 3D, or pointwise
+        (1x1, stride 1) in 2D and 3D, `'patches'`, and for the other ungrouped ones with
+        at most 4 input channels (stems), or in 3D with fewer input than output
+        channels, `'xla_patches'` (both up to `2**26` entries of patches); `'xla'`
+        otherwise and on every other backend; `'fft'` only where the kernel's spectrum
+        (`out_channels * in_channels // groups` transforms of the padded input, held in
+        memory) has at most `2**26` entries. Wherever the input may be partitioned over
+        several devices, `'xla'`, which XLA's SPMD partitioner splits along sharded
+        spatial axes, and for grouped convolutions that are not depthwise, which it
+        would gather, `'patches'`, its patches taken as a one-hot convolution (see
+        "Scaling across devices"). All give the same values and support forward- and
+        reverse-mode derivatives of any order, `jax.vmap` and `jax.jit`, except on
+        non-finite inputs: an `inf` or NaN reaches only the outputs whose window holds
+        it, but through `'fft'` (which `'auto'` may take) every output of its channel
+        group becomes NaN; pass `'xla'` where that matters.
 
     **Returns:**
 

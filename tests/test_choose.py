@@ -124,9 +124,7 @@ def test_on_cpu_stems_and_widening_3d_take_xla_patches(monkeypatch, getkey):
     volume.update(padded_shape=(18,) * 3, out_shape=(16,) * 3, input_dilation=(1,) * 3)
     assert choose(**volume, in_channels=16) == "xla_patches"
     assert choose(**volume, in_channels=32) == "xla"
-    assert choose(**dict(volume, kernel_size=(3, 3), padded_shape=(18, 18),
-                         out_shape=(16, 16), stride=(1, 1), input_dilation=(1, 1)),
-                  in_channels=16) == "xla"  # fmt: skip
+    assert choose(**dict(image, out_channels=32), in_channels=16) == "xla"
 
 
 def _weight_gradient_ops(x, w, impl) -> list[str]:
