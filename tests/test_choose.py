@@ -135,6 +135,7 @@ def _weight_gradient_ops(x, w, impl) -> list[str]:
         return jnp.sum(eqxconv.conv(x, w, padding=1, impl=impl) ** 2)
 
     hlo = jax.jit(jax.grad(loss)).lower(w).compile().as_text()
+    assert hlo is not None
     lines = [line for line in hlo.splitlines() if " = " in line]
     return sorted(line.split("=")[1].split("(")[0] for line in lines)
 
