@@ -4,6 +4,7 @@ Every number is a median over repeats of an already compiled, warmed-up function
 with `block_until_ready` on JAX outputs, measured side by side in one process.
 """
 
+import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -44,13 +45,19 @@ def interleaved_median_times(
 ) -> dict[str, float]:
     """Median wall time in seconds of each `fn(*args)` in `calls`, timed in turns
     (one call of each per round) so that a change in the machine's load falls on all
-    of them alike, not on whichever ran last."""
+    of them alike, not on whichever ran last. Each round takes the calls in a fresh
+    order (seeded): a call that leaves large buffers behind slows the one after it,
+    which in a fixed order would always be the same one."""
     for fn, args in calls.values():
         for _ in range(warmup):
             sync(fn(*args))
     times: dict[str, list[float]] = {label: [] for label in calls}
+    order = list(calls)
+    shuffle = random.Random(0).shuffle
     for _ in range(repeats):
-        for label, (fn, args) in calls.items():
+        shuffle(order)
+        for label in order:
+            fn, args = calls[label]
             start = time.perf_counter()
             sync(fn(*args))
             times[label].append(time.perf_counter() - start)
