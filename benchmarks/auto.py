@@ -199,6 +199,7 @@ def _choice(row: Row) -> str:
         groups=row.groups,
         kernel_size=kernel,
         stride=stride,
+        dilation=dilation,
         padded_shape=padded,
         out_shape=output_shape(row.spatial, padding, kernel, stride, dilation),
         input_dilation=(1,) * n,

@@ -2,7 +2,8 @@
 patches' input gradient (`impl='xla_patches'`), against XLA's convolution and the
 FFT lowering, on the layers that decide where `impl='auto'` takes them: pointwise
 (1x1) convolutions at the shapes of ConvNeXt and MobileNet blocks, unstrided 3D
-stems, and dense layers that widen or keep the channels (3D, and 1D/2D beside them).
+stems, dense layers that widen or keep the channels (3D, and 1D/2D beside them), and
+layers whose windows tile the input (patchify stems, downsampling).
 
 Two gradients, each impl in turn (one call each per round): of `sum(y ** 2)` with
 respect to the input and the layer (as `benchmarks/auto.py` times it), and of
@@ -10,7 +11,8 @@ respect to the input and the layer (as `benchmarks/auto.py` times it), and of
 takes a first layer's (its input is data). Compile is the cold lowering and
 compilation of the second.
 
-Run: `python -m benchmarks.conv_patches [--quick]` (`--quick`: 5 repeats).
+Run: `python -m benchmarks.conv_patches [--quick] [--only SET]` (`--quick`: 5
+repeats).
 """
 
 import argparse
@@ -60,6 +62,14 @@ DENSE = [
     Row(8, 128, 128, (8, 8), 3),
     Row(8, 64, 64, (8, 8), 3),
 ]
+TILING = [
+    Row(8, 3, 96, (64, 64), 4, stride=4, padding="VALID"),
+    Row(8, 3, 768, (224, 224), 16, stride=16, padding="VALID"),
+    Row(8, 64, 128, (32, 32), 2, stride=2, padding="VALID"),
+    Row(8, 96, 192, (32, 32), 2, stride=2, padding="VALID"),
+    Row(8, 192, 384, (16, 16), 2, stride=2, padding="VALID"),
+    Row(8, 32, 64, (1024,), 4, stride=4, padding="VALID"),
+]
 IMPLS = ("xla", "fft", "patches", "xla_patches")
 
 
@@ -105,6 +115,9 @@ def measure(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--only", choices=("pointwise", "stems", "dense", "tiling"), help="one set"
+    )
     args = parser.parse_args()
     repeats = 5 if args.quick else 9
     titles = {
@@ -113,7 +126,15 @@ def main() -> None:
         "compile": "compile (layer only)",
     }
     dense = ("xla", "patches", "xla_patches")
-    for rows, impls in ((POINTWISE, IMPLS), (STEMS, IMPLS), (DENSE, dense)):
+    sets = {
+        "pointwise": (POINTWISE, IMPLS),
+        "stems": (STEMS, IMPLS),
+        "dense": (DENSE, dense),
+        "tiling": (TILING, ("xla", "patches")),
+    }
+    for name, (rows, impls) in sets.items():
+        if args.only and name != args.only:
+            continue
         tables = {key: Table(title, "xla") for key, title in titles.items()}
         for row in rows:
             measure(row, repeats, tables, impls)

@@ -45,9 +45,12 @@ _MIN_FFT_GROUPED_TAPS = 1.5
 # product forward and for each gradient; for a pointwise kernel the patches are the
 # input itself) was the faster on every measured configuration, at a compile time
 # close to XLA's. Strided in 1D and 2D, and pointwise in 1D, it matched or trailed
-# XLA's. The patches are `in_channels * prod(kernel_size)` times the output's
-# positions: beyond this many entries per example `'auto'` does not trade time for
-# that memory.
+# XLA's, except for windows that tile the input (`kernel_size == stride`, no
+# dilation: a patchify stem, a downsampling layer), whose patches are a reshape: it
+# ran as fast or faster there, in a model's first layer too, and compiled faster.
+# The patches are `in_channels * prod(kernel_size)` times the output's positions:
+# beyond this many entries per example `'auto'` does not trade time for that
+# memory.
 _MAX_PATCHES = 2**26
 # XLA's CPU input gradient is a convolution with `in_channels` outputs, slow where
 # they are few: for stems (an input of at most this many channels), and in 3D
@@ -100,6 +103,7 @@ def choose_conv_impl(
     out_shape: Sequence[int],
     input_dilation: Sequence[int],
     dtype: Any,
+    dilation: Sequence[int] | None = None,
     partitioned: bool = False,
 ) -> Literal["xla", "shift", "fft", "patches", "xla_patches"]:
     """On CPU, for real floating-point convolutions without input dilation:
@@ -127,7 +131,9 @@ def choose_conv_impl(
 
     - `'patches'` (the input's patches contracted with the weight) for ungrouped
         convolutions that are strided and 3D, or pointwise (a 1x1 kernel, stride 1)
-        in 2D and 3D, where XLA's CPU convolution is slow, while the patches have at
+        in 2D and 3D, where XLA's CPU convolution is slow, or whose windows tile the
+        input (`kernel_size == stride`, no `dilation`: the patches are a reshape),
+        where it is as fast or faster and compiles faster, while the patches have at
         most `2**26` entries per example.
     - `'xla_patches'` (XLA's forward and weight gradient, the patches lowering's input
         gradient) for the other ungrouped convolutions of at most 4 input channels (RGB
@@ -172,10 +178,13 @@ def choose_conv_impl(
         pointwise = (
             len(kernel_size) > 1 and kernel_taps == 1 and all(s == 1 for s in stride)
         )
+        tiling = kernel_taps > 1 and is_non_overlapping(
+            kernel_size, stride, dilation or (1,) * len(kernel_size)
+        )
         patches = in_channels * kernel_taps * math.prod(out_shape)
         if patches > _MAX_PATCHES:
             return "xla"
-        if strided_3d or pointwise:
+        if strided_3d or pointwise or tiling:
             return "patches"
         widening_3d = len(kernel_size) == 3 and in_channels < out_channels
         if in_channels <= _MAX_STEM_CHANNELS or widening_3d:

@@ -137,6 +137,7 @@ def run_conv(
             groups=groups,
             kernel_size=kernel_size,
             stride=stride,
+            dilation=dilation,
             padded_shape=padded_shape,
             out_shape=out_shape,
             input_dilation=input_dilation,
@@ -385,11 +386,12 @@ def conv(
         for at most 4 input channels per group and at most 36 products per output
         element (channels per group times kernel taps; in 1D at most 15 taps), else
         `'fft'` for at most 16 input channels per group, from 5 kernel taps and 1.5 taps
-        per position; for ungrouped convolutions that are strided and 3D, or pointwise
-        (1x1, stride 1) in 2D and 3D, `'patches'`, and for the other ungrouped ones with
-        at most 4 input channels (stems), or in 3D with fewer input than output
-        channels, `'xla_patches'` (both up to `2**26` entries of patches); `'xla'`
-        otherwise and on every other backend; `'fft'` only where the kernel's spectrum
+        per position; for ungrouped convolutions that are strided and 3D, pointwise
+        (1x1, stride 1) in 2D and 3D, or whose windows tile the input (`kernel_size ==
+        stride`, no `dilation`), `'patches'`, and for the other ungrouped ones with at
+        most 4 input channels (stems), or in 3D with fewer input than output channels,
+        `'xla_patches'` (both up to `2**26` entries of patches); `'xla'` otherwise and
+        on every other backend; `'fft'` only where the kernel's spectrum
         (`out_channels * in_channels // groups` transforms of the padded input, held in
         memory) has at most `2**26` entries. Wherever the input may be partitioned over
         several devices, `'xla'`, which XLA's SPMD partitioner splits along sharded

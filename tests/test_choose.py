@@ -183,6 +183,36 @@ def test_on_cpu_pointwise_takes_patches(monkeypatch, getkey):
     assert not uses_lax_conv(lambda x: eqxconv.conv(x, w), x)
 
 
+def test_on_cpu_tiling_windows_take_patches(monkeypatch):
+    """Ungrouped convolutions whose windows tile the input (`kernel_size == stride`,
+    no dilation: patchify stems, downsampling layers) take the patches, a reshape, in
+    every N; dilated, or overlapping, they do not."""
+    monkeypatch.setattr(_choose.jax, "default_backend", lambda: "cpu")
+    choose = _choose.choose_conv_impl
+    patchify: dict[str, Any] = dict(
+        in_channels=3,
+        out_channels=96,
+        groups=1,
+        kernel_size=(4, 4),
+        stride=(4, 4),
+        padded_shape=(64, 64),
+        out_shape=(16, 16),
+        input_dilation=(1, 1),
+        dtype=jnp.float32,
+    )
+    assert choose(**patchify) == "patches"
+    assert choose(**patchify, dilation=(1, 1)) == "patches"
+    downsample = dict(patchify, in_channels=96, out_channels=192, kernel_size=(2, 2))
+    downsample.update(stride=(2, 2), padded_shape=(32, 32))
+    assert choose(**downsample) == "patches"
+    line = dict(patchify, in_channels=32, kernel_size=(4,), stride=(4,))
+    line.update(padded_shape=(1024,), out_shape=(256,), input_dilation=(1,))
+    assert choose(**line) == "patches"
+    assert choose(**downsample, dilation=(2, 2)) == "xla"
+    assert choose(**dict(downsample, kernel_size=(3, 3))) == "xla"
+    assert choose(**dict(downsample, groups=96)) != "patches"
+
+
 def test_on_cpu_strided_3d_takes_patches(monkeypatch):
     """Strided, ungrouped 3D convolutions leave XLA's CPU convolution for the
     patches, whatever the channels, while the patches stay within 2**26 entries;
