@@ -185,7 +185,8 @@ REGISTRY = [
         check_grads_order=2,
     ),
     # XLA's forward and weight gradient with the patches' input gradient: a strided
-    # stem, and input dilation with reflect padding's border reads (1D).
+    # RGB stem, a dilated 1D kernel with reflect padding's border reads, and a 3D
+    # mono stem with input dilation.
     conv(
         (7, 6),
         in_channels=3,

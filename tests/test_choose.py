@@ -210,7 +210,7 @@ def test_on_cpu_tiling_windows_take_patches(monkeypatch):
     assert choose(**line) == "patches"
     assert choose(**downsample, dilation=(2, 2)) == "xla"
     assert choose(**dict(downsample, kernel_size=(3, 3))) == "xla"
-    assert choose(**dict(downsample, groups=96)) != "patches"
+    assert choose(**dict(downsample, groups=96)) == "shift"
 
 
 def test_on_cpu_strided_3d_takes_patches(monkeypatch):
