@@ -2,8 +2,9 @@
 torch `F.unfold`/`F.fold`, batch 8 on CPU.
 
 Times forward, forward+backward (the gradient of `sum(y * r)` for a fixed random `r`,
-so the backward is real) and cold compile; peak memory is what XLA plans for the
-jitted forward+backward (arguments + outputs + temporaries). Run with
+so the backward is real, and of `sum(y ** 2)`, whose backward needs the forward: the
+patches then feed two consumers) and cold compile; peak memory is what XLA plans for
+the jitted forward+backward (arguments + outputs + temporaries). Run with
 `python -m benchmarks.patches`; the ratios are time / eqxconv's.
 """
 
@@ -37,6 +38,11 @@ def _loss_grad(fn: Callable[[jax.Array], jax.Array]) -> Callable[..., Any]:
 
 def _grad_of(fn: Callable[[jax.Array], jax.Array]) -> Callable[..., Any]:
     return jax.jit(_loss_grad(fn))
+
+
+def _square_grad_of(fn: Callable[[jax.Array], jax.Array]) -> Callable[..., Any]:
+    """The jitted value and gradient of `sum(fn(x) ** 2)`."""
+    return jax.jit(jax.value_and_grad(lambda x: jnp.sum(fn(x) ** 2)))
 
 
 def _torch_grad(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[..., Any]:
@@ -79,7 +85,7 @@ def extract_case(
     pairs = ((p, p),) * n
 
     def ours(x: jax.Array) -> jax.Array:
-        return jax.vmap(lambda x: extract_patches(x, k, stride=s, padding=p))(x)
+        return jax.vmap(lambda x: extract_patches(x, ks, stride=s, padding=p))(x)
 
     def per_offset(x: jax.Array) -> jax.Array:
         return jax.vmap(
@@ -94,11 +100,12 @@ def extract_case(
         variants["eqxconv-slices"] = per_offset  # the alternative lowering
     variants["lax"] = lax_patches
     r = jr.normal(jr.key(1), ours(xs).shape)
-    fwd, both, comp, mem = {}, {}, {}, {}
+    fwd, both, square, comp, mem = {}, {}, {}, {}, {}
     for label, fn in variants.items():
         fwd[label] = _time(jax.jit(fn), xs, repeats=repeats)
         grad = _grad_of(fn)
         both[label] = _time(grad, xs, r, repeats=repeats)
+        square[label] = _time(_square_grad_of(fn), xs, repeats=repeats)
         comp[label] = compile_seconds(_loss_grad(fn), xs, r)
         mem[label] = peak_bytes(_loss_grad(fn), xs, r)
     if n == 2:
@@ -115,6 +122,7 @@ def extract_case(
         )
     tables["fwd"].add(name, fwd)
     tables["fwd+bwd"].add(name, both)
+    tables["fwd+bwd sum(y ** 2)"].add(name, square)
     tables["compile"].add(name, comp)
     # Table prints seconds as ms: store MiB / 1000 so that the "ms" figure reads MiB.
     tables["peak"].add(name, mem)
@@ -142,10 +150,11 @@ def fold_case(
 
         return jax.linear_transpose(patches, jnp.zeros(shape))(p)[0]
 
-    fwd, both = {}, {}
+    fwd, both, square = {}, {}, {}
     for label, fn in {"eqxconv": ours, "lax-transpose": lax_adjoint}.items():
         fwd[label] = _time(jax.jit(fn), ps, repeats=repeats)
         both[label] = _time(_grad_of(fn), ps, r, repeats=repeats)
+        square[label] = _time(_square_grad_of(fn), ps, repeats=repeats)
     pt = torch.from_numpy(np.array(ps)).reshape(batch, ps.shape[1], -1)
     rt = torch.from_numpy(np.array(r))
 
@@ -159,6 +168,7 @@ def fold_case(
     )
     tables["fold fwd"].add(name, fwd)
     tables["fold fwd+bwd"].add(name, both)
+    tables["fold fwd+bwd sum(y ** 2)"].add(name, square)
 
 
 def main() -> None:
@@ -166,7 +176,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    titles = ["fwd", "fwd+bwd", "compile", "peak", "fold fwd", "fold fwd+bwd"]
+    titles = ["fwd", "fwd+bwd", "fwd+bwd sum(y ** 2)", "compile", "peak"]
+    titles += ["fold fwd", "fold fwd+bwd", "fold fwd+bwd sum(y ** 2)"]
     tables = {t: Table(f"patches {t}", "eqxconv", memory=t == "peak") for t in titles}
     tables["compile"].title = "patches cold compile of jitted fwd+bwd"
     tables["peak"].title = "patches peak memory of jitted fwd+bwd"

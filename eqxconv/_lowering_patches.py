@@ -10,12 +10,12 @@ are plain data movement, so that both directions are cheap:
 - otherwise windows are slices of the padded input, taken one spatial dimension at a
   time (`'separable'`: the `kernel_size[i]` windows along dimension `i`, then one
   transpose to the patch order), or one strided slice per kernel offset
-  (`'slices'`). The separable windows are built without concatenations, which XLA
-  CPU compiles slowly: along a major axis from a broadcast, reshapes, a pad and a
-  slice (`_shifted_windows`), along the minor axis as a sum of zero-padded slices
-  (`_stack`); along a strided dimension from the axis split into `(blocks, stride)`
-  phases, so that every window is contiguous and its transpose is plain padding
-  rather than interior padding.
+  (`'slices'`). The separable windows along a major axis come from a broadcast,
+  reshapes, a pad and a slice (`_shifted_windows`: no concatenation, which XLA CPU
+  compiles slowly there), along the minor axis from one concatenation of slices;
+  along a strided dimension from the axis split into `(blocks, stride)` phases, so
+  that every window is contiguous and its transpose is plain padding rather than
+  interior padding.
 
 The fold is the linear transpose of the extraction (`jax.linear_transpose`), so the
 two are exact adjoints by construction. Autodiff of one is the other, so forward and
@@ -86,18 +86,22 @@ def _windows(x: Array, axis: int, k: int, s: int, d: int, o: int) -> Array:
     stacked into a new axis before it: `(..., k, o, ...)`.
 
     Unstrided windows come from [`_shifted_windows`][], except along the minor axis,
-    where they are `k` stacked slices ([`_stack`][]). With a stride the axis is first
-    split into `(blocks, s)`, so that every window is a contiguous slice of one phase
-    (offset `j * d = q * s + r` is blocks `q : q + o` of phase `r`), and with no
-    dilation one window of the blocks serves `s` offsets at once (those windows are
-    shifted or stacked by the same rule, stacked when only the phases follow the
-    blocks). Strided slices would transpose (in the backward pass) to interior
-    padding; these are contiguous, which runs faster.
+    where they are `k` stacked slices: one concatenation. (As a sum of zero-padded
+    slices, which XLA fuses into one loop while the patches have one consumer, the
+    terms are materialised one by one where they have two, as in the gradient of a
+    loss that needs the forward: the forward product and the weight gradient's; the
+    concatenation ran faster there and compiled no slower.) With a stride the axis
+    is first split into `(blocks, s)`, so that every window is a contiguous slice of
+    one phase (offset `j * d = q * s + r` is blocks `q : q + o` of phase `r`), and
+    with no dilation one window of the blocks serves `s` offsets at once (those
+    windows are shifted or stacked by the same rule, stacked when only the phases
+    follow the blocks). Strided slices would transpose (in the backward pass) to
+    interior padding; these are contiguous, which runs faster.
     """
     if s == 1:
         if axis < x.ndim - 1:
             return _shifted_windows(x, axis, k, d, o)
-        return _stack([_window_slice(x, axis, j, o, 1, d) for j in range(k)], axis)
+        return jnp.stack([_window_slice(x, axis, j, o, 1, d) for j in range(k)], axis)
     phases = [divmod(j * d, s) for j in range(k)]
     blocks = max(-(-x.shape[axis] // s), max(q for q, _ in phases) + o)
     x = lax.pad(
@@ -110,7 +114,7 @@ def _windows(x: Array, axis: int, k: int, s: int, d: int, o: int) -> Array:
         if axis + 2 < x.ndim:
             windows = _shifted_windows(x, axis, n_windows, 1, o)
         else:
-            windows = _stack(
+            windows = jnp.stack(
                 [lax.slice_in_dim(x, q, q + o, axis=axis) for q in range(n_windows)],
                 axis,
             )
@@ -121,24 +125,7 @@ def _windows(x: Array, axis: int, k: int, s: int, d: int, o: int) -> Array:
         lax.slice_in_dim(lax.index_in_dim(x, r, axis + 1, False), q, q + o, axis=axis)
         for q, r in phases
     ]
-    return _stack(windows, axis)
-
-
-def _stack(arrays: list[Array], axis: int) -> Array:
-    """`jnp.stack(arrays, axis)` as a sum of zero-padded copies.
-
-    XLA CPU fuses the pads and adds into one loop that runs as fast as a concatenation
-    but compiles faster; the transpose is slices and adds either way.
-    """
-    zero = _zero(arrays[0])
-    total = None
-    for index, array in enumerate(arrays):
-        array = jnp.expand_dims(array, axis)
-        config = _axis_pad(array.ndim, axis, (index, len(arrays) - 1 - index, 0))
-        term = lax.pad(array, zero, config)
-        total = term if total is None else total + term
-    assert total is not None
-    return total
+    return jnp.stack(windows, axis)
 
 
 def _zero(x: Array) -> Array:
