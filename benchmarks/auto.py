@@ -170,7 +170,10 @@ def _impls(row: Row) -> list[str]:
     if row.transpose:
         return [impl for impl in TRANSPOSE_IMPLS if impl != "auto"]
     patched = ("patches", "xla_patches")
-    impls = [impl for impl in CONV_IMPLS if impl not in ("auto", "shift", *patched)]
+    # `'xla_or_patches'` differentiates the input here, so it is the patches
+    # lowering's program: not timed twice (where auto takes it, auto is timed).
+    skipped = ("auto", "shift", "xla_or_patches", *patched)
+    impls = [impl for impl in CONV_IMPLS if impl not in skipped]
     # Grouped, the patches lowering was 2-25x slower than the fastest on every row
     # of the 2026-12-04 grid, and its large buffers slowed the impl timed after it in
     # each round (up to 3x), so it is timed on ungrouped rows only, and so is

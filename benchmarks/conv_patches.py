@@ -2,8 +2,9 @@
 patches' input gradient (`impl='xla_patches'`), against XLA's convolution and the
 FFT lowering, on the layers that decide where `impl='auto'` takes them: pointwise
 (1x1) convolutions at the shapes of ConvNeXt and MobileNet blocks, unstrided 3D
-stems, dense layers that widen or keep the channels (3D, and 1D/2D beside them), and
-layers whose windows tile the input (patchify stems, downsampling).
+stems, dense layers that widen or keep the channels (3D, and 1D/2D beside them),
+strided dense 2D layers (downsampling in ResNet-like networks), and layers whose
+windows tile the input (patchify stems, downsampling).
 
 Two gradients, each impl in turn (one call each per round): of `sum(y ** 2)` with
 respect to the input and the layer (as `benchmarks/auto.py` times it), and of
@@ -62,6 +63,15 @@ DENSE = [
     Row(8, 128, 128, (8, 8), 3),
     Row(8, 64, 64, (8, 8), 3),
 ]
+STRIDED_2D = [
+    Row(8, 32, 64, (32, 32), 3, stride=2),
+    Row(8, 64, 128, (32, 32), 3, stride=2),
+    Row(8, 128, 256, (16, 16), 3, stride=2),
+    Row(8, 64, 64, (56, 56), 3, stride=2),
+    Row(8, 256, 256, (14, 14), 3, stride=2),
+    Row(8, 16, 32, (64, 64), 3, stride=2),
+    Row(8, 64, 128, (32, 32), 5, stride=2),
+]
 TILING = [
     Row(8, 3, 96, (64, 64), 4, stride=4, padding="VALID"),
     Row(8, 3, 768, (224, 224), 16, stride=16, padding="VALID"),
@@ -116,7 +126,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument(
-        "--only", choices=("pointwise", "stems", "dense", "tiling"), help="one set"
+        "--only",
+        choices=("pointwise", "stems", "dense", "strided_2d", "tiling"),
+        help="one set",
     )
     args = parser.parse_args()
     repeats = 5 if args.quick else 9
@@ -130,6 +142,7 @@ def main() -> None:
         "pointwise": (POINTWISE, IMPLS),
         "stems": (STEMS, IMPLS),
         "dense": (DENSE, dense),
+        "strided_2d": (STRIDED_2D, dense),
         "tiling": (TILING, ("xla", "patches")),
     }
     for name, (rows, impls) in sets.items():

@@ -25,9 +25,11 @@ PaddingMode: TypeAlias = Literal["ZEROS", "REFLECT", "REPLICATE", "CIRCULAR"]
 PADDING_STRINGS = ("VALID", "SAME", "SAME_LOWER", "CAUSAL", "CIRCULAR")
 PADDING_MODES: tuple[PaddingMode, ...] = ("ZEROS", "REFLECT", "REPLICATE", "CIRCULAR")
 
-ConvImpl: TypeAlias = Literal["auto", "xla", "shift", "fft", "patches", "xla_patches"]
+ConvImpl: TypeAlias = Literal[
+    "auto", "xla", "shift", "fft", "patches", "xla_patches", "xla_or_patches"
+]  # fmt: skip
 CONV_IMPLS: tuple[ConvImpl, ...] = (
-    "auto", "xla", "shift", "fft", "patches", "xla_patches",
+    "auto", "xla", "shift", "fft", "patches", "xla_patches", "xla_or_patches",
 )  # fmt: skip
 
 TransposeImpl: TypeAlias = Literal["auto", "phase", "interior", "lhs_dilation"]

@@ -61,6 +61,12 @@ _MAX_PATCHES = 2**26
 # ran stems faster alone too, but inside whole models its step gain was within noise
 # for a slower first call: `docs/benchmarks.md`.)
 _MAX_STEM_CHANNELS = 4
+# In 3D a stem's XLA forward and weight gradient are slow as well (a 1-channel
+# volume: several times the patches lowering's, under `sum(y ** 2)` too), so where
+# its input is differentiated `'xla_or_patches'` runs the whole patches lowering;
+# as a model's first layer it runs XLA's program, which compiles faster: with the
+# patches lowering there the 3D U-Net-like model's first call came to 1.38-1.66x
+# Equinox's in three runs (1.43x on XLA's program), for a step 12% faster.
 # The FFT lowering holds the kernel's spectrum, `out_channels * in_channels_per_group`
 # transforms of the padded input's size: beyond this many complex entries `'auto'`
 # does not trade a direct convolution's time for that memory.
@@ -105,7 +111,7 @@ def choose_conv_impl(
     dtype: Any,
     dilation: Sequence[int] | None = None,
     partitioned: bool = False,
-) -> Literal["xla", "shift", "fft", "patches", "xla_patches"]:
+) -> Literal["xla", "shift", "fft", "patches", "xla_patches", "xla_or_patches"]:
     """On CPU, for real floating-point convolutions without input dilation:
 
     - `'fft'` for large kernels: at least 100 kernel taps per padded input position
@@ -135,13 +141,18 @@ def choose_conv_impl(
         input (`kernel_size == stride`, no `dilation`: the patches are a reshape),
         where it is as fast or faster and compiles faster, while the patches have at
         most `2**26` entries per example.
+    - `'xla_or_patches'` (XLA's program where the input is not differentiated, the
+        whole patches lowering where it is) for the other ungrouped 3D convolutions of
+        at most 4 input channels (volume stems), within the same bound: XLA's forward
+        and both gradients are slow there, and a model's first layer, whose input
+        is data, compiles faster on XLA's program.
     - `'xla_patches'` (XLA's forward and weight gradient, the patches lowering's input
         gradient) for the other ungrouped convolutions of at most 4 input channels (RGB
-        and mono stems), and in 3D of fewer input than output channels, within the same
-        bound: XLA's input gradient is slow there, and as a model's first layer, whose
-        input gradient is never taken, it is XLA's program. (The whole patches lowering
-        runs stems faster alone too, but as a whole model's first layer it compiled
-        slower for a step within noise.)
+        and mono stems in 1D and 2D), and in 3D of fewer input than output channels,
+        within the same bound: XLA's input gradient is slow there, and as a model's
+        first layer, whose input gradient is never taken, it is XLA's program. (The
+        whole patches lowering runs stems faster alone too, but as a whole model's
+        first layer it compiled slower for a step within noise.)
 
     Otherwise `'xla'`, `lax.conv_general_dilated`.
 
@@ -186,8 +197,11 @@ def choose_conv_impl(
             return "xla"
         if strided_3d or pointwise or tiling:
             return "patches"
+        stem = in_channels <= _MAX_STEM_CHANNELS
+        if stem and len(kernel_size) == 3:
+            return "xla_or_patches"
         widening_3d = len(kernel_size) == 3 and in_channels < out_channels
-        if in_channels <= _MAX_STEM_CHANNELS or widening_3d:
+        if stem or widening_3d:
             return "xla_patches"
         return "xla"
     if (

@@ -71,7 +71,9 @@ class Conv(WeightedLayer):
         - `precision`, `preferred_element_type`: passed to `lax`.
         - `impl`: how the convolution is computed, as for [`eqxconv.conv`][]: `'auto'`
             (default), `'xla'`, `'shift'`, `'patches'`, `'xla_patches'` (XLA's forward
-            and weight gradient, the patches' input gradient) or `'fft'` (through FFTs,
+            and weight gradient, the patches' input gradient), `'xla_or_patches'`
+            (`'xla'` where the input is not differentiated, else `'patches'`) or
+            `'fft'` (through FFTs,
             for large kernels: equal up to FFT rounding relative to the output's scale;
             `precision` has no effect there); all give the same values, except that
             through `'fft'` (which `'auto'` may take) a non-finite input makes every

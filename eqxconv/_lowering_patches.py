@@ -89,14 +89,17 @@ def _windows(x: Array, axis: int, k: int, s: int, d: int, o: int) -> Array:
     where they are `k` stacked slices: one concatenation. (As a sum of zero-padded
     slices, which XLA fuses into one loop while the patches have one consumer, the
     terms are materialised one by one where they have two, as in the gradient of a
-    loss that needs the forward: the forward product and the weight gradient's; the
-    concatenation ran faster there and compiled no slower.) With a stride the axis
-    is first split into `(blocks, s)`, so that every window is a contiguous slice of
-    one phase (offset `j * d = q * s + r` is blocks `q : q + o` of phase `r`), and
-    with no dilation one window of the blocks serves `s` offsets at once (those
-    windows are shifted or stacked by the same rule, stacked when only the phases
-    follow the blocks). Strided slices would transpose (in the backward pass) to
-    interior padding; these are contiguous, which runs faster.
+    loss that needs the forward: the forward product and the weight gradient's. The
+    concatenation ran faster there, and where the patches feed a product (the
+    patches lowering, `conv_local`) compiled no slower; a bare extraction, as a
+    forward or as a fold's gradient, compiles slower in 1D and 2D.)
+    With a stride the axis is first split into `(blocks, s)`, so that every window
+    is a contiguous slice of one phase (offset `j * d = q * s + r` is blocks
+    `q : q + o` of phase `r`), and with no dilation one window of the blocks serves
+    `s` offsets at once (those windows are shifted or stacked by the same rule,
+    stacked when only the phases follow the blocks). Strided slices would transpose
+    (in the backward pass) to interior padding; these are contiguous, which runs
+    faster.
     """
     if s == 1:
         if axis < x.ndim - 1:

@@ -37,7 +37,7 @@ from ._args import (
     TRANSPOSE_IMPLS,
     TransposeImpl,
 )
-from ._bilinear import bilinear
+from ._bilinear import bilinear, by_first_tangent
 from ._checks import (
     check_conv_weight,
     check_fits,
@@ -233,6 +233,12 @@ def _lowered_conv(
             preferred_element_type,
         )  # fmt: skip
         return _conv_with_patches_input_gradient(geometry, x, weight)
+    if lowering == "xla_or_patches":
+        geometry = _ConvGeometry(
+            pairs, stride, dilation, input_dilation, groups, out_shape, precision,
+            preferred_element_type,
+        )  # fmt: skip
+        return _xla_or_patches_by_input_tangent(geometry, x, weight)
     if lowering == "fft":
         return fft_conv(
             pad(x, pairs, "ZEROS", input_dilation),
@@ -325,6 +331,13 @@ def _patches_conv(geometry: _ConvGeometry, dx: Array, weight: Array) -> Array:
 # is a symbolic zero, and nothing of the patches lowering is traced.
 _conv_with_patches_input_gradient = bilinear(_xla_conv, _patches_conv, _xla_conv)
 
+# `impl='xla_or_patches'`: XLA's convolution, with its own derivatives, wherever the
+# input is not differentiated (a model's first layer), so that such a program is
+# XLA's exactly; the whole patches lowering wherever it is. For 3D stems XLA's
+# forward and weight gradient are slow too, but a first layer compiles faster on
+# XLA's program (`_choose`).
+_xla_or_patches_by_input_tangent = by_first_tangent(_xla_conv, _patches_conv)
+
 
 def conv(
     x: Inexact[Array, " in_channels *spatial"],
@@ -378,7 +391,10 @@ def conv(
         `in_channels * prod(kernel_size)` entries per output position), `'xla_patches'`
         (`'xla'` forward and for the weight gradient, `'patches'` for the input's
         tangent and gradient; where the input gradient is not taken, as for a model's
-        first layer, exactly `'xla'`) or `'auto'` (default), whose rule is in
+        first layer, exactly `'xla'`), `'xla_or_patches'` (exactly `'xla'` where the
+        input is not differentiated, `'patches'` wherever it is; the two round
+        differently, so a differentiated call's output can differ from an
+        undifferentiated one's in the last bits) or `'auto'` (default), whose rule is in
         `docs/benchmarks.md`. On CPU, for real floating-point convolutions without
         `input_dilation`, `'auto'` takes `'fft'` from 100 kernel taps per padded input
         position (`prod(kernel_size) * prod(out_spatial) / prod(padded_spatial)`, about
@@ -388,9 +404,10 @@ def conv(
         `'fft'` for at most 16 input channels per group, from 5 kernel taps and 1.5 taps
         per position; for ungrouped convolutions that are strided and 3D, pointwise
         (1x1, stride 1) in 2D and 3D, or whose windows tile the input (`kernel_size ==
-        stride`, no `dilation`), `'patches'`, and for the other ungrouped ones with at
-        most 4 input channels (stems), or in 3D with fewer input than output channels,
-        `'xla_patches'` (both up to `2**26` entries of patches); `'xla'` otherwise and
+        stride`, no `dilation`), `'patches'`, for the other ungrouped ones in 3D with
+        at most 4 input channels (stems) `'xla_or_patches'`, and for the remaining
+        stems, or in 3D with fewer input than output channels, `'xla_patches'` (all up
+        to `2**26` entries of patches); `'xla'` otherwise and
         on every other backend; `'fft'` only where the kernel's spectrum
         (`out_channels * in_channels // groups` transforms of the padded input, held in
         memory) has at most `2**26` entries. Wherever the input may be partitioned over

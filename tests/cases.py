@@ -204,6 +204,18 @@ REGISTRY = [
         input_dilation=(1, 2, 1),
         impl="xla_patches",
     ),
+    # XLA's program where the input is not differentiated, the patches lowering's
+    # where it is: a 3D mono stem, and a strided 2D layer with reflect padding.
+    conv((5, 6, 5), in_channels=1, padding=1, impl="xla_or_patches"),
+    conv(
+        (8, 7),
+        in_channels=3,
+        stride=2,
+        padding=1,
+        padding_mode="REFLECT",
+        impl="xla_or_patches",
+        check_grads_order=2,
+    ),
     # The shift lowering's custom derivatives: a channel multiplier on an input long
     # enough for the blocked weight tangent, small groups, 3D depthwise.
     conv(

@@ -72,7 +72,9 @@ def _compare(f, oracle, args, atol=1e-4):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=atol)
 
 
-@pytest.mark.parametrize("impl", ["xla", "shift", "fft", "patches", "xla_patches"])
+@pytest.mark.parametrize(
+    "impl", ["xla", "shift", "fft", "patches", "xla_patches", "xla_or_patches"]
+)
 @pytest.mark.parametrize(("mode", "k", "s", "d", "pair", "groups", "n"), CASES, ids=IDS)
 def test_conv_matches_padded_lax(
     border_reads_taken, impl, mode, k, s, d, pair, groups, n, getkey

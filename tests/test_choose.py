@@ -119,10 +119,13 @@ def test_on_cpu_stems_and_widening_3d_take_xla_patches(monkeypatch, getkey):
     assert choose(**line, in_channels=1) == "xla_patches"
     huge = dict(image, padded_shape=(4098, 4098), out_shape=(4096, 4096))
     assert choose(**huge, in_channels=1) == "xla"
-    # In 3D, also wherever the input has fewer channels than the output.
+    # In 3D, also wherever the input has fewer channels than the output; 3D stems
+    # take XLA's program or the whole patches lowering by the input's tangent.
     volume = dict(image, kernel_size=(3, 3, 3), stride=(1, 1, 1), out_channels=32)
     volume.update(padded_shape=(18,) * 3, out_shape=(16,) * 3, input_dilation=(1,) * 3)
     assert choose(**volume, in_channels=16) == "xla_patches"
+    for channels in (1, 4):
+        assert choose(**volume, in_channels=channels) == "xla_or_patches"
     assert choose(**volume, in_channels=32) == "xla"
     assert choose(**dict(image, out_channels=32), in_channels=16) == "xla"
 
@@ -150,6 +153,33 @@ def test_stem_weight_gradient_is_xla_program(getkey):
             x, w, "xla"
         )
         assert uses_lax_conv(lambda x, w=w: eqxconv.conv(x, w, impl="xla_patches"), x)
+
+
+def _gradient_ops(x, w, impl, argnums) -> list[str]:
+    """The compiled ops of `sum(conv(x, w) ** 2)`'s gradient in `argnums`."""
+
+    def loss(x, w):
+        return jnp.sum(eqxconv.conv(x, w, padding=1, impl=impl) ** 2)
+
+    hlo = jax.jit(jax.grad(loss, argnums=argnums)).lower(x, w).compile().as_text()
+    assert hlo is not None
+    lines = [line for line in hlo.splitlines() if " = " in line]
+    return sorted(line.split("=")[1].split("(")[0] for line in lines)
+
+
+def test_xla_or_patches_is_one_program_or_the_other(getkey):
+    """`impl='xla_or_patches'` compiles to XLA's program where only the weight is
+    differentiated (a model's first layer) and to the patches lowering's wherever the
+    input is."""
+    x = jr.normal(getkey(), (1, 10, 10, 10))
+    w = jr.normal(getkey(), (8, 1, 3, 3, 3))
+    ops = {
+        (impl, argnums): _gradient_ops(x, w, impl, argnums)
+        for impl in ("xla", "patches", "xla_or_patches")
+        for argnums in (1, (0, 1))
+    }
+    assert ops["xla_or_patches", 1] == ops["xla", 1] != ops["patches", 1]
+    assert ops["xla_or_patches", (0, 1)] == ops["patches", (0, 1)] != ops["xla", (0, 1)]
 
 
 def test_on_cpu_pointwise_takes_patches(monkeypatch, getkey):
@@ -245,7 +275,7 @@ def test_on_cpu_strided_3d_takes_patches(monkeypatch):
     huge = dict(volume, padded_shape=(258,) * 3, out_shape=(128,) * 3)
     assert choose(**huge, in_channels=64) == "xla"
     stem = dict(volume, stride=(1, 1, 1), out_shape=(32, 32, 32))
-    assert choose(**stem, in_channels=1) == "xla_patches"
+    assert choose(**stem, in_channels=1) == "xla_or_patches"
     image = dict(
         volume,
         kernel_size=(3, 3),

@@ -93,6 +93,7 @@ CONV_CASES = [
     conv((6, 5), stride=2, padding=1, input_dilation=2, impl="xla"),
     conv((6, 5), stride=2, padding=1, input_dilation=2, impl="patches"),
     conv((7, 6), stride=2, padding=2, padding_mode="REFLECT", impl="xla_patches"),
+    conv((4, 5, 4), in_channels=1, padding=1, impl="xla_or_patches"),
 ]  # fmt: skip
 
 
