@@ -73,11 +73,10 @@ class Conv(WeightedLayer):
             (default), `'xla'`, `'shift'`, `'patches'`, `'xla_patches'` (XLA's forward
             and weight gradient, the patches' input gradient), `'xla_or_patches'`
             (`'xla'` where the input is not differentiated, else `'patches'`) or
-            `'fft'` (through FFTs,
-            for large kernels: equal up to FFT rounding relative to the output's scale;
-            `precision` has no effect there); all give the same values, except that
-            through `'fft'` (which `'auto'` may take) a non-finite input makes every
-            output of its channel group NaN.
+            `'fft'` (through FFTs, for large kernels: equal up to FFT rounding
+            relative to the output's scale; `precision` has no effect there); all
+            give the same values, except that through `'fft'` (which `'auto'` may
+            take) a non-finite input makes every output of its channel group NaN.
         """
         arguments = layer_arguments(locals())
         self.impl = check_choice(arguments.pop("impl"), "impl", CONV_IMPLS)

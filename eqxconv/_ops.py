@@ -227,18 +227,12 @@ def _lowered_conv(
             precision=precision,
             preferred_element_type=preferred_element_type,
         )
-    if lowering == "xla_patches":
+    if lowering in _XLA_AND_PATCHES:
         geometry = _ConvGeometry(
             pairs, stride, dilation, input_dilation, groups, out_shape, precision,
             preferred_element_type,
         )  # fmt: skip
-        return _conv_with_patches_input_gradient(geometry, x, weight)
-    if lowering == "xla_or_patches":
-        geometry = _ConvGeometry(
-            pairs, stride, dilation, input_dilation, groups, out_shape, precision,
-            preferred_element_type,
-        )  # fmt: skip
-        return _xla_or_patches_by_input_tangent(geometry, x, weight)
+        return _XLA_AND_PATCHES[lowering](geometry, x, weight)
     if lowering == "fft":
         return fft_conv(
             pad(x, pairs, "ZEROS", input_dilation),
@@ -318,8 +312,8 @@ def _xla_conv(geometry: _ConvGeometry, x: Array, weight: Array) -> Array:
     return geometry.conv("xla", x, weight)
 
 
-def _patches_conv(geometry: _ConvGeometry, dx: Array, weight: Array) -> Array:
-    return geometry.conv("patches", dx, weight)
+def _patches_conv(geometry: _ConvGeometry, x: Array, weight: Array) -> Array:
+    return geometry.conv("patches", x, weight)
 
 
 # `impl='xla_patches'`: XLA's convolution forward and for the weight's tangent (so
@@ -337,6 +331,12 @@ _conv_with_patches_input_gradient = bilinear(_xla_conv, _patches_conv, _xla_conv
 # forward and weight gradient are slow too, but a first layer compiles faster on
 # XLA's program (`_choose`).
 _xla_or_patches_by_input_tangent = by_first_tangent(_xla_conv, _patches_conv)
+
+# The lowerings that combine XLA's convolution with the patches lowering.
+_XLA_AND_PATCHES = {
+    "xla_patches": _conv_with_patches_input_gradient,
+    "xla_or_patches": _xla_or_patches_by_input_tangent,
+}
 
 
 def conv(

@@ -130,14 +130,13 @@ def test_on_cpu_stems_and_widening_3d_take_xla_patches(monkeypatch, getkey):
     assert choose(**dict(image, out_channels=32), in_channels=16) == "xla"
 
 
-def _weight_gradient_ops(x, w, impl) -> list[str]:
-    """The compiled ops (with their shapes) of `sum(conv(x, w) ** 2)`'s gradient in
-    `w` alone."""
+def _gradient_ops(x, w, impl, argnums) -> list[str]:
+    """The compiled ops of `sum(conv(x, w) ** 2)`'s gradient in `argnums`."""
 
-    def loss(w):
+    def loss(x, w):
         return jnp.sum(eqxconv.conv(x, w, padding=1, impl=impl) ** 2)
 
-    hlo = jax.jit(jax.grad(loss)).lower(w).compile().as_text()
+    hlo = jax.jit(jax.grad(loss, argnums=argnums)).lower(x, w).compile().as_text()
     assert hlo is not None
     lines = [line for line in hlo.splitlines() if " = " in line]
     return sorted(line.split("=")[1].split("(")[0] for line in lines)
@@ -149,22 +148,8 @@ def test_stem_weight_gradient_is_xla_program(getkey):
     for channels, n in ((3, 2), (1, 1)):
         x = jr.normal(getkey(), (channels, *(12,) * n))
         w = jr.normal(getkey(), (16, channels, *(3,) * n))
-        assert _weight_gradient_ops(x, w, "xla_patches") == _weight_gradient_ops(
-            x, w, "xla"
-        )
+        assert _gradient_ops(x, w, "xla_patches", 1) == _gradient_ops(x, w, "xla", 1)
         assert uses_lax_conv(lambda x, w=w: eqxconv.conv(x, w, impl="xla_patches"), x)
-
-
-def _gradient_ops(x, w, impl, argnums) -> list[str]:
-    """The compiled ops of `sum(conv(x, w) ** 2)`'s gradient in `argnums`."""
-
-    def loss(x, w):
-        return jnp.sum(eqxconv.conv(x, w, padding=1, impl=impl) ** 2)
-
-    hlo = jax.jit(jax.grad(loss, argnums=argnums)).lower(x, w).compile().as_text()
-    assert hlo is not None
-    lines = [line for line in hlo.splitlines() if " = " in line]
-    return sorted(line.split("=")[1].split("(")[0] for line in lines)
 
 
 def test_xla_or_patches_is_one_program_or_the_other(getkey):
