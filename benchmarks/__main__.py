@@ -30,7 +30,7 @@ SCRIPTS = (
     "fft",
 )
 # The scripts that take `--quick`.
-QUICK = {"models", "auto", "conv_patches", "conv", "input_dilation", "fft"}
+QUICK = {"models", "auto", "conv_patches", "stems", "conv", "input_dilation", "fft"}
 
 
 def main() -> None:

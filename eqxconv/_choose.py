@@ -61,6 +61,14 @@ _MAX_PATCHES = 2**26
 # ran stems faster alone too, but inside whole models its step gain was within noise
 # for a slower first call: `docs/benchmarks.md`.)
 _MAX_STEM_CHANNELS = 4
+# Strided in 1D and 2D, a stem with small patches and few outputs (an RGB `3 -> 32`
+# 3x3 stride-2 stem, a mono 1D stem) ran faster on the whole patches lowering than
+# on `'xla_patches'` under `sum(y ** 2)` and as a model's first layer, compiling
+# faster there, and within the noise under the linear loss; with 64 or more outputs,
+# or 36 or more patch entries per output position (4 channels, 5x5 or 7x7 kernels),
+# it was the slower, by up to 2.6x (`docs/benchmarks.md`, Stems).
+_MAX_STRIDED_STEM_PATCH = 27
+_MAX_STRIDED_STEM_OUT = 32
 # In 3D a stem's XLA forward and weight gradient are slow as well (a 1-channel
 # volume: several times the patches lowering's, under `sum(y ** 2)` too), so where
 # its input is differentiated `'xla_or_patches'` runs the whole patches lowering;
@@ -139,8 +147,12 @@ def choose_conv_impl(
         convolutions that are strided and 3D, or pointwise (a 1x1 kernel, stride 1)
         in 2D and 3D, where XLA's CPU convolution is slow, or whose windows tile the
         input (`kernel_size == stride`, no `dilation`: the patches are a reshape),
-        where it is as fast or faster and compiles faster, while the patches have at
-        most `2**26` entries per example.
+        where it is as fast or faster and compiles faster, and for strided stems in
+        1D and 2D of at most 32 outputs and 27 patch entries per output position
+        (`in_channels * prod(kernel_size)`: an RGB 3x3 stem), undilated, which ran
+        faster on it than on `'xla_patches'` under `sum(y ** 2)` and as a model's
+        first layer, all while the patches have at most `2**26` entries per
+        example.
     - `'xla_or_patches'` (XLA's program where the input is not differentiated, the
         whole patches lowering where it is) for the other ungrouped 3D convolutions of
         at most 4 input channels (volume stems), within the same bound: XLA's forward
@@ -198,6 +210,15 @@ def choose_conv_impl(
         if strided_3d or pointwise or tiling:
             return "patches"
         stem = in_channels <= _MAX_STEM_CHANNELS
+        small_strided_stem = (
+            stem
+            and any(s > 1 for s in stride)
+            and all(d == 1 for d in dilation or ())
+            and in_channels * kernel_taps <= _MAX_STRIDED_STEM_PATCH
+            and out_channels <= _MAX_STRIDED_STEM_OUT
+        )
+        if small_strided_stem:
+            return "patches"
         if stem and len(kernel_size) == 3:
             return "xla_or_patches"
         widening_3d = len(kernel_size) == 3 and in_channels < out_channels

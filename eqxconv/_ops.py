@@ -404,7 +404,9 @@ def conv(
         `'fft'` for at most 16 input channels per group, from 5 kernel taps and 1.5 taps
         per position; for ungrouped convolutions that are strided and 3D, pointwise
         (1x1, stride 1) in 2D and 3D, or whose windows tile the input (`kernel_size ==
-        stride`, no `dilation`), `'patches'`, for the other ungrouped ones in 3D with
+        stride`, no `dilation`) or that are strided stems in 1D and 2D of at most 32
+        outputs and 27 patch entries per position (`in_channels * prod(kernel_size)`,
+        undilated), `'patches'`, for the other ungrouped ones in 3D with
         at most 4 input channels (stems) `'xla_or_patches'`, and for the remaining
         stems, or in 3D with fewer input than output channels, `'xla_patches'` (all up
         to `2**26` entries of patches); `'xla'` otherwise and

@@ -173,11 +173,13 @@ REGISTRY = [
     conv((6, 7), stride=2, padding="CIRCULAR", impl="xla"),
     conv((9,), kernel_size=4, stride=2, padding="SAME", impl="fft"),
     conv((6, 5), padding=1, groups=2, padding_mode="REFLECT", impl="fft"),
-    # The patches lowering: strided 3D (where 'auto' takes it), grouped, dilated.
+    # The patches lowering: strided 3D (where 'auto' takes it), grouped, dilated and
+    # strided in 2D.
     conv((5, 6, 5), stride=2, padding=1, out_channels=3, impl="patches"),
     conv(
         (7, 6),
         groups=2,
+        stride=(2, 1),
         dilation=(1, 2),
         padding="SAME",
         padding_mode="REFLECT",

@@ -130,6 +130,39 @@ def test_on_cpu_stems_and_widening_3d_take_xla_patches(monkeypatch, getkey):
     assert choose(**dict(image, out_channels=32), in_channels=16) == "xla"
 
 
+def test_on_cpu_small_strided_stems_take_patches(monkeypatch):
+    """Strided stems in 1D and 2D of at most 32 outputs and 27 patch entries per
+    output position take the whole patches lowering; with 64 outputs, 36 entries (4
+    channels at 3x3), a 5x5 kernel, a dilation or no stride, `'xla_patches'`."""
+    monkeypatch.setattr(_choose.jax, "default_backend", lambda: "cpu")
+    choose = _choose.choose_conv_impl
+    rgb: dict[str, Any] = dict(
+        in_channels=3,
+        out_channels=32,
+        groups=1,
+        kernel_size=(3, 3),
+        stride=(2, 2),
+        padded_shape=(66, 66),
+        out_shape=(32, 32),
+        input_dilation=(1, 1),
+        dtype=jnp.float32,
+    )
+    assert choose(**rgb) == "patches"
+    assert choose(**dict(rgb, out_channels=16)) == "patches"
+    assert choose(**dict(rgb, in_channels=1)) == "patches"
+    assert choose(**dict(rgb, stride=(3, 3), out_shape=(22, 22))) == "patches"
+    mono_line = dict(rgb, in_channels=1, kernel_size=(7,), stride=(2,))
+    mono_line.update(padded_shape=(2054,), out_shape=(1024,), input_dilation=(1,))
+    assert choose(**mono_line) == "patches"
+    assert choose(**dict(rgb, out_channels=64)) == "xla_patches"
+    assert choose(**dict(rgb, in_channels=4)) == "xla_patches"
+    wide = dict(rgb, kernel_size=(5, 5), padded_shape=(68, 68))
+    assert choose(**wide) == "xla_patches"
+    assert choose(**dict(rgb, dilation=(2, 2), padded_shape=(68, 68))) == "xla_patches"
+    unstrided = dict(rgb, stride=(1, 1), out_shape=(64, 64))
+    assert choose(**unstrided) == "xla_patches"
+
+
 def _gradient_ops(x, w, impl, argnums) -> list[str]:
     """The compiled ops of `sum(conv(x, w) ** 2)`'s gradient in `argnums`."""
 
